@@ -1,0 +1,110 @@
+"""Time CapHuman's sampler against diffusers' StableDiffusionControlNetPipeline, side by side.
+
+Both run the SD 1.5-sized architecture with random weights (nothing is downloaded): the same
+UNet, VAE and text encoder, and a ControlNet of CapFace's size. CapHuman also runs its identity
+encoder (CLIP ViT-L/14 vision + projections) once per call. Prints seconds per denoising step,
+peak memory and the ratio ours / diffusers.
+
+    python benchmarks/bench_pipeline.py --steps 3 --size 512            # CPU
+    python benchmarks/bench_pipeline.py --device cuda --dtype float16   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import resource
+import time
+
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+from caphuman.conditions.identity import IdentityInputs
+from caphuman.models.adapter import CapHumanAdapter
+from caphuman.models.backbone import random_sd15_backbone
+from caphuman.pipeline import CapHumanPipeline
+from caphuman.schedulers import make_scheduler
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def time_call(call, device: torch.device, repeats: int) -> float:
+    """Median wall time of ``call`` over ``repeats`` runs after one warm-up."""
+    call()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3, help="denoising steps per call")
+    parser.add_argument("--size", type=int, default=512, help="image size in pixels")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per pipeline (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--guidance-scale", type=float, default=7.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    backbone = random_sd15_backbone(seed=0)
+    adapter = CapHumanAdapter.from_unet(backbone.unet, 512, backbone.image_encoder.config.hidden_size, seed=0)
+    controlnet = ControlNetModel.from_unet(backbone.unet, conditioning_channels=9)
+    shared = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet)
+    ours = CapHumanPipeline(
+        **shared, capface=adapter.capface, identity_encoder=adapter.identity_encoder, image_encoder=backbone.image_encoder,
+        image_processor=backbone.image_processor, scheduler=make_scheduler("ddim"),
+    ).to(device, dtype)
+    theirs = StableDiffusionControlNetPipeline(
+        **shared, controlnet=controlnet, scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    ).to(device, dtype)
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+
+    hint = torch.rand(1, 9, args.size, args.size)
+    identity = IdentityInputs(torch.randn(1, 1, 512), torch.randn(1, 1, 3, 224, 224))
+    prompt = "a photo of a person"
+
+    def run_ours():
+        ours(prompt, hint, identity=identity, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+             generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    def run_theirs():
+        theirs(prompt, image=hint, height=args.size, width=args.size, num_inference_steps=args.steps,
+               guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    results = {}
+    with torch.inference_mode():
+        for name, call in (("diffusers ControlNet", run_theirs), ("caphuman", run_ours)):
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = time_call(call, device, args.repeats)
+            results[name] = (seconds / args.steps, peak_memory_mb(device))
+
+    print(f"device={device} dtype={args.dtype} size={args.size} steps={args.steps} guidance={args.guidance_scale} threads={torch.get_num_threads()}")
+    print(f"{'pipeline':<22}{'s/step':>10}{'peak MB':>12}")
+    for name, (per_step, memory) in results.items():
+        print(f"{name:<22}{per_step:>10.3f}{memory:>12.0f}")
+    ratio = results["caphuman"][0] / results["diffusers ControlNet"][0]
+    print(f"ratio caphuman/diffusers (s/step): {ratio:.3f}")
+    if device.type == "cpu":
+        print("note: CPU peak memory is the process's max RSS, so the second pipeline's figure includes the first's.")
+
+
+if __name__ == "__main__":
+    main()

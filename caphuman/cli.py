@@ -1,0 +1,60 @@
+"""The `caphuman` command: sample | doctor | convert | preprocess | train | eval.
+
+Each sub-command maps to one typed function; user errors (a missing file, a photo without a
+face, a bad config value) print one sentence and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from caphuman.errors import CapHumanError
+
+logger = logging.getLogger("caphuman")
+
+EXIT_USER_ERROR = 2
+
+# sub-command -> module with add_arguments(parser) and run(args); the module docstring is its help.
+COMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="caphuman",
+        description="CapHuman: photos of a person from ONE reference photo, with 3D head control.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(
+            name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handler: Callable[[argparse.Namespace], int | None] = args.handler
+    try:
+        return int(handler(args) or 0)
+    except CapHumanError as error:
+        logger.error("%s", error)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        logger.error("Interrupted.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

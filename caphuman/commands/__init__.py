@@ -1,0 +1,1 @@
+"""Sub-commands of the `caphuman` CLI, one module each."""

@@ -1,0 +1,237 @@
+"""Typed configuration: dataclasses validated in ``__post_init__``, read from omegaconf YAML.
+
+A YAML file only needs the keys it changes; every other value keeps the default written here.
+An unknown key, a wrong type or an out-of-range value raises :class:`caphuman.errors.ConfigError`
+whose message names the key. The resolved config is saved next to every output
+(:func:`save_config`), so each result can be re-run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from caphuman.errors import ConfigError
+
+BACKBONES = ("sd15", "tiny")
+FACE_RECOGNIZERS = ("facenet", "arcface", "dlib", "tiny")
+HEAD_PRIORS = ("deca", "builtin")
+REFERENCE_FUSIONS = ("mean", "concat")
+ATTENTION_BACKENDS = ("sdpa", "xformers")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{value}'.")
+
+
+def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the tiny, randomly initialised backbone used in tests and CPU smoke runs."""
+
+    block_out_channels: tuple[int, ...] = (8, 16)
+    layers_per_block: int = 1
+    cross_attention_dim: int = 32
+    attention_head_dim: int = 2
+    norm_num_groups: int = 4
+    text_hidden_size: int = 32
+    vision_hidden_size: int = 32
+    vision_image_size: int = 32
+    vision_patch_size: int = 8
+    # Tiny components are initialised from this seed, so two builds are identical.
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.block_out_channels) < 1:
+            raise ConfigError("model.tiny.block_out_channels must list at least one width.")
+        for width in self.block_out_channels:
+            if width % self.norm_num_groups:
+                raise ConfigError(
+                    f"model.tiny.block_out_channels {tuple(self.block_out_channels)} must be multiples of norm_num_groups {self.norm_num_groups}."
+                )
+
+
+@dataclass
+class ModelConfig:
+    """Which components make up the model, and where their weights are.
+
+    File paths are relative to the weights directory (``--weights``, default ``checkpoints/``)
+    unless absolute. See checkpoints/README.md for every file.
+    """
+
+    backbone: str = "sd15"
+    # SD 1.5 (or a fine-tune): a diffusers folder or a single .safetensors/.ckpt file.
+    stable_diffusion: str = "Realistic_Vision_V3.0.safetensors"
+    # Optional separate VAE (single file or diffusers folder); null keeps the checkpoint's own.
+    vae: Optional[str] = "vae-ft-mse-840000-ema-pruned.safetensors"
+    # CLIP ViT-L/14 vision tower (a transformers folder) for the local identity features.
+    clip_vision: str = "clip-vit-large-patch14"
+    # Trained CapHuman parts (CapFace + projections) as written by `caphuman convert` or training;
+    # null starts CapFace fresh from the UNet (zero convolutions: the model then equals SD).
+    caphuman: Optional[str] = "caphuman"
+    face_recognizer: str = "facenet"
+    # Width of the global identity embedding: 512 for FaceNet/ArcFace, 128 for dlib.
+    face_embedding_dim: int = 512
+    # Width of the CLIP vision tokens (1024 for ViT-L/14).
+    clip_embedding_dim: int = 1024
+    # Width of the UNet's cross-attention (768 for SD 1.5): identity tokens are projected to it.
+    cross_attention_dim: int = 768
+    # How several reference photos combine: "mean" averages the projected tokens (keeps the
+    # 258 tokens the published model saw); "concat" keeps every photo's local tokens.
+    reference_fusion: str = "mean"
+    head_prior: str = "deca"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("model.backbone", self.backbone, BACKBONES)
+        _check_choice("model.face_recognizer", self.face_recognizer, FACE_RECOGNIZERS)
+        _check_choice("model.head_prior", self.head_prior, HEAD_PRIORS)
+        _check_choice("model.reference_fusion", self.reference_fusion, REFERENCE_FUSIONS)
+        for name in ("face_embedding_dim", "clip_embedding_dim", "cross_attention_dim"):
+            _check_positive(f"model.{name}", getattr(self, name))
+        if self.backbone == "tiny":
+            for name, tiny_name in (("cross_attention_dim", "cross_attention_dim"), ("clip_embedding_dim", "vision_hidden_size")):
+                if getattr(self, name) != getattr(self.tiny, tiny_name):
+                    raise ConfigError(f"model.{name} ({getattr(self, name)}) must equal model.tiny.{tiny_name} ({getattr(self.tiny, tiny_name)}) for the tiny backbone.")
+        expected = {"dlib": 128, "facenet": 512, "arcface": 512}.get(self.face_recognizer)
+        if expected is not None and self.face_embedding_dim != expected:
+            raise ConfigError(
+                f"model.face_embedding_dim is {self.face_embedding_dim} but the '{self.face_recognizer}' recogniser gives {expected}-d embeddings."
+            )
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings; the defaults are the published ones (DDIM 20 steps, eta 0, guidance 7)."""
+
+    scheduler: str = "ddim"
+    num_inference_steps: int = 20
+    guidance_scale: float = 7.0
+    # Extra guidance on the identity tokens (3 branches per step). null: off, as published.
+    identity_guidance_scale: Optional[float] = None
+    capface_strength: float = 1.0
+    mask_gating: bool = True
+    # Identity tokens are zeroed while the timestep is above tau (0 disables this).
+    tau: int = 0
+    eta: float = 0.0
+    height: int = 512
+    width: int = 512
+    num_images: int = 1
+    seed: int = 12345
+    negative_prompt: str = ""
+    dtype: str = "auto"
+    attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        from caphuman.schedulers import SCHEDULERS
+
+        _check_choice("sampling.scheduler", self.scheduler, tuple(SCHEDULERS))
+        _check_choice("sampling.dtype", self.dtype, DTYPES)
+        _check_choice("sampling.attention", self.attention, ATTENTION_BACKENDS)
+        _check_positive("sampling.num_inference_steps", self.num_inference_steps)
+        _check_positive("sampling.guidance_scale", self.guidance_scale, allow_zero=True)
+        _check_positive("sampling.capface_strength", self.capface_strength, allow_zero=True)
+        _check_positive("sampling.num_images", self.num_images)
+        _check_positive("sampling.eta", self.eta, allow_zero=True)
+        if self.identity_guidance_scale is not None:
+            _check_positive("sampling.identity_guidance_scale", self.identity_guidance_scale, allow_zero=True)
+        if not 0 <= self.tau <= 1000:
+            raise ConfigError(f"sampling.tau must be a timestep in [0, 1000], got {self.tau}.")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value <= 0 or value % 8:
+                raise ConfigError(f"sampling.{name} must be a positive multiple of 8, got {value}.")
+
+
+@dataclass
+class CapHumanConfig:
+    """The model plus how to sample from it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+def _format_omegaconf_error(error: OmegaConfBaseException, source: str) -> str:
+    key = getattr(error, "full_key", None)
+    message = str(error).splitlines()[0]
+    if "not in struct" in message or "Key '" in message and "not in" in message:
+        return f"{source}: unknown key '{key}'."
+    if key:
+        return f"{source}: bad value for '{key}': {message}"
+    return f"{source}: {message}"
+
+
+def load_structured(schema: type, path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None):
+    """Build a ``schema`` dataclass from defaults, a YAML file and overrides, validated.
+
+    Args:
+        schema: a config dataclass type (e.g. :class:`CapHumanConfig`).
+        path: a YAML file; missing keys keep their defaults.
+        overrides: a nested dict, or dotlist strings such as ``["sampling.num_inference_steps=2"]``.
+    Raises:
+        ConfigError: unknown key, wrong type, invalid value, or unreadable file.
+    """
+    source = str(path) if path is not None else "config"
+    try:
+        merged = OmegaConf.structured(schema)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"Config file '{path}' does not exist.")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            extra = OmegaConf.from_dotlist(list(overrides)) if isinstance(overrides, list) else OmegaConf.create(overrides)
+            merged = OmegaConf.merge(merged, extra)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_format_omegaconf_error(error, source)) from None
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> CapHumanConfig:
+    """Load a :class:`CapHumanConfig` (see :func:`load_structured`)."""
+    return load_structured(CapHumanConfig, path, overrides)
+
+
+def config_to_dict(config: Any) -> dict:
+    """A plain dict of a config dataclass (tuples become lists, as YAML writes them)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def save_config(config: Any, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write ``config`` (plus ``extra`` run facts, e.g. the command line) as YAML, atomically."""
+    data = config_to_dict(config)
+    if extra:
+        data = {**data, **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(OmegaConf.to_yaml(OmegaConf.create(data)))
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "CapHumanConfig",
+    "ModelConfig",
+    "SamplingConfig",
+    "TinyModelConfig",
+    "config_to_dict",
+    "load_config",
+    "load_structured",
+    "save_config",
+]

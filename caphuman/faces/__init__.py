@@ -1,0 +1,1 @@
+"""Faces: detection, alignment, crops, parsing masks and face recognisers."""

@@ -1,0 +1,132 @@
+"""Head parameters shared by every head prior, and the condition-transfer rules.
+
+Conventions (every backend converts to these, so transfer and rendering never depend on the
+backend):
+- Camera frame: x right, y up, z towards the viewer (OpenGL). Projection is orthographic.
+- ``rotation`` is (yaw, pitch, roll) in degrees, applied to the frontal head as
+  R = Rz(roll) @ Rx(pitch) @ Ry(yaw): positive yaw turns the nose towards the image's right,
+  positive pitch tilts the nose down, positive roll turns the head counter-clockwise in the image.
+- ``camera`` is (scale, tx, ty): a point X of the rotated head lands at normalised image
+  coordinates x = scale * X_x + tx, y = scale * X_y + ty, with x, y in [-1, 1] (y up); the pixel
+  is u = (x + 1) / 2 * W, v = (1 - y) / 2 * H.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from caphuman.errors import CapHumanError
+
+TRANSFER_MODES = ("position", "pose", "expression", "lighting", "all")
+
+
+@dataclass
+class HeadParams:
+    """A batch of reconstructed heads. Leading dimension B everywhere.
+
+    Attributes:
+        shape: (B, S) identity shape coefficients in the backend's basis.
+        expression: (B, E) expression coefficients in the backend's basis.
+        jaw: (B, 3) jaw rotation (axis-angle, radians); zeros for backends without a jaw joint.
+        rotation: (B, 3) yaw, pitch, roll in degrees (see module docstring).
+        camera: (B, 3) orthographic scale, tx, ty (see module docstring).
+        albedo: (B, ...) the backend's albedo: texture coefficients or per-vertex colours.
+        lighting: (B, 9, 3) second-order spherical-harmonics lighting, per RGB channel.
+        backend: name of the head prior that made these, so a render uses the right basis.
+    """
+
+    shape: torch.Tensor
+    expression: torch.Tensor
+    jaw: torch.Tensor
+    rotation: torch.Tensor
+    camera: torch.Tensor
+    albedo: torch.Tensor
+    lighting: torch.Tensor
+    backend: str
+
+    def clone(self) -> "HeadParams":
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name).clone() for f in dataclasses.fields(self) if f.name != "backend"}
+        )
+
+    def to(self, device: torch.device | str) -> "HeadParams":
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if f.name != "backend"}
+        )
+
+
+def parse_modes(modes: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Parse "position,pose" or a list into a tuple of known modes; unknown names are an error."""
+    items = [m.strip() for m in modes.split(",")] if isinstance(modes, str) else [m.strip() for m in modes]
+    items = [m for m in items if m]
+    unknown = [m for m in items if m not in TRANSFER_MODES]
+    if unknown:
+        raise CapHumanError(f"Unknown transfer mode(s) {unknown}; choose from {', '.join(TRANSFER_MODES)}.")
+    return tuple(items)
+
+
+def transfer(reference: HeadParams, driver: HeadParams, modes: str | list[str] | tuple[str, ...]) -> HeadParams:
+    """Take the named conditions from ``driver``; identity shape and albedo always stay the reference's.
+
+    - position: camera (scale and translation)
+    - pose: global head rotation
+    - expression: expression coefficients and jaw
+    - lighting: spherical-harmonics coefficients
+    - all: all of the above
+    """
+    if reference.backend != driver.backend:
+        raise CapHumanError(
+            f"Cannot transfer between head priors '{reference.backend}' and '{driver.backend}'; reconstruct both with one prior."
+        )
+    chosen = set(parse_modes(modes))
+    if "all" in chosen:
+        chosen = {"position", "pose", "expression", "lighting"}
+    out = reference.clone()
+    if "position" in chosen:
+        out.camera = driver.camera.clone()
+    if "pose" in chosen:
+        out.rotation = driver.rotation.clone()
+    if "expression" in chosen:
+        out.expression = driver.expression.clone()
+        out.jaw = driver.jaw.clone()
+    if "lighting" in chosen:
+        out.lighting = driver.lighting.clone()
+    return out
+
+
+def set_pose(params: HeadParams, yaw: float | None = None, pitch: float | None = None, roll: float | None = None) -> HeadParams:
+    """Return a copy with the given angles (degrees) replaced; ``None`` keeps the reconstructed one."""
+    out = params.clone()
+    for index, value in enumerate((yaw, pitch, roll)):
+        if value is not None:
+            out.rotation[:, index] = float(value)
+    return out
+
+
+def rotation_matrix(rotation_degrees: torch.Tensor) -> torch.Tensor:
+    """(B, 3) yaw, pitch, roll in degrees -> (B, 3, 3) R = Rz(roll) @ Rx(pitch) @ Ry(yaw)."""
+    yaw, pitch, roll = (torch.deg2rad(rotation_degrees[:, i]) for i in range(3))
+    zeros, ones = torch.zeros_like(yaw), torch.ones_like(yaw)
+
+    def stack(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+    cy, sy, cp, sp, cr, sr = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin(), roll.cos(), roll.sin()
+    ry = stack([[cy, zeros, sy], [zeros, ones, zeros], [-sy, zeros, cy]])
+    rx = stack([[ones, zeros, zeros], [zeros, cp, -sp], [zeros, sp, cp]])
+    rz = stack([[cr, -sr, zeros], [sr, cr, zeros], [zeros, zeros, ones]])
+    return rz @ rx @ ry
+
+
+def angles_from_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rotation_matrix` for |pitch| < 90 degrees: (B, 3, 3) -> (B, 3) degrees."""
+    # For R = Rz Rx Ry: R[2] = (-cp*sy, sp, cp*cy), R[0,1] = -sr*cp and R[1,1] = cr*cp, so each
+    # angle is read from entries that do not mix in the other two.
+    pitch = torch.asin(matrix[:, 2, 1].clamp(-1.0, 1.0))
+    yaw = torch.atan2(-matrix[:, 2, 0], matrix[:, 2, 2])
+    roll = torch.atan2(-matrix[:, 0, 1], matrix[:, 1, 1])
+    return torch.rad2deg(torch.stack([yaw, pitch, roll], dim=-1))
+

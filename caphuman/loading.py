@@ -1,0 +1,132 @@
+"""Build a ready CapHuman pipeline from a config: backbone, adapter, recogniser, scheduler.
+
+The tiny backbone is built locally; the SD 1.5 backbone and every face model load from files
+under the weights directory (see checkpoints/README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from caphuman.config import CapHumanConfig
+from caphuman.errors import CapHumanError, MissingWeightsError
+from caphuman.faces.recognizer import FaceRecognizer
+from caphuman.models.adapter import CapHumanAdapter
+from caphuman.models.backbone import Backbone
+from caphuman.pipeline import CapHumanPipeline
+from caphuman.schedulers import make_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """"auto"/None -> CUDA when available, else CPU; anything else as torch understands it."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise CapHumanError(f"Unknown device '{device}'; use cpu, cuda, cuda:N or auto.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CapHumanError(f"Device '{device}' was asked for but this machine has no CUDA GPU; use --device cpu.")
+    return resolved
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" -> float16 on CUDA (as the model was trained), float32 on CPU (fp16 is slow there)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def weights_path(weights_dir: str | Path, relative: str) -> Path:
+    path = Path(relative)
+    return path if path.is_absolute() else Path(weights_dir) / path
+
+
+def load_backbone(config: CapHumanConfig, weights_dir: str | Path) -> Backbone:
+    if config.model.backbone == "tiny":
+        from caphuman.models.tiny import tiny_backbone
+
+        return tiny_backbone(config.model.tiny)
+    from caphuman.models.sd_loading import load_sd15_backbone
+
+    return load_sd15_backbone(config.model, weights_dir)
+
+
+def load_face_recognizer(config: CapHumanConfig, weights_dir: str | Path, device: torch.device) -> FaceRecognizer:
+    name = config.model.face_recognizer
+    if name == "tiny":
+        from caphuman.faces.tiny_recognizer import TinyFaceRecognizer
+
+        return TinyFaceRecognizer(config.model.face_embedding_dim, seed=config.model.tiny.init_seed)
+    if name == "dlib":
+        from caphuman.faces.dlib_recognizer import DlibRecognizer
+
+        return DlibRecognizer()
+    if name == "facenet":
+        from caphuman.faces.facenet import FaceNetRecognizer
+
+        return FaceNetRecognizer.from_file(weights_path(weights_dir, "facenet/20180402-114759-vggface2.pt"), device=device)
+    from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
+
+    return ArcFaceOnnxRecognizer.from_file(weights_path(weights_dir, "arcface/glintr100.onnx"), device=device)
+
+
+def load_adapter(config: CapHumanConfig, backbone: Backbone, weights_dir: str | Path) -> CapHumanAdapter:
+    clip_dim = backbone.image_encoder.config.hidden_size
+    if config.model.caphuman is None:
+        logger.info("No CapHuman weights configured: CapFace starts fresh from the UNet (zero convolutions).")
+        adapter = CapHumanAdapter.from_unet(backbone.unet, config.model.face_embedding_dim, clip_dim, seed=config.model.tiny.init_seed)
+    else:
+        path = weights_path(weights_dir, config.model.caphuman)
+        if not path.exists():
+            raise MissingWeightsError(
+                "CapHuman weights", str(path), "`caphuman convert --from caphuman.ckpt --out " + str(path) + "` (see checkpoints/README.md)"
+            )
+        adapter = CapHumanAdapter.from_pretrained(path)
+    adapter.check_compatible(backbone.unet, clip_dim, config.model.face_embedding_dim)
+    return adapter
+
+
+def build_pipeline(
+    config: CapHumanConfig, weights_dir: str | Path = "checkpoints", device: str | None = "auto", with_recognizer: bool = True
+) -> CapHumanPipeline:
+    """Assemble a pipeline on ``device`` in the config's dtype; missing files name themselves."""
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(config.sampling.dtype, torch_device)
+    backbone = load_backbone(config, weights_dir)
+    adapter = load_adapter(config, backbone, weights_dir)
+    recognizer = load_face_recognizer(config, weights_dir, torch_device) if with_recognizer else None
+    pipe = CapHumanPipeline(
+        vae=backbone.vae,
+        text_encoder=backbone.text_encoder,
+        tokenizer=backbone.tokenizer,
+        unet=backbone.unet,
+        capface=adapter.capface.eval(),
+        identity_encoder=adapter.identity_encoder.eval(),
+        image_encoder=backbone.image_encoder,
+        image_processor=backbone.image_processor,
+        scheduler=make_scheduler(config.sampling.scheduler, backbone.scheduler_config),
+        face_recognizer=recognizer,
+    )
+    pipe = pipe.to(torch_device, dtype)
+    if config.sampling.attention == "xformers":
+        enable_xformers(pipe, torch_device)
+    return pipe
+
+
+def enable_xformers(pipe: CapHumanPipeline, device: torch.device) -> None:
+    """xformers attention on CUDA when installed; otherwise say why and keep PyTorch SDPA."""
+    if device.type != "cuda":
+        logger.warning("xformers attention needs CUDA; using PyTorch SDPA on %s.", device)
+        return
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        logger.warning("xformers is not installed (pip install -e '.[cuda]'); using PyTorch SDPA.")
+        return
+    pipe.enable_xformers_memory_efficient_attention()

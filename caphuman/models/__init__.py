@@ -1,0 +1,1 @@
+"""CapHuman's trainable parts (CapFace, identity projections) and the frozen backbone loaders."""

@@ -1,0 +1,305 @@
+"""The CapHuman sampler.
+
+Per denoising step: CapFace reads the noisy latents, the identity tokens and the 9-channel
+hint, and returns 13 residuals plus a face mask; the residuals (times the strength, gated by
+mask > 0.5) are added to the frozen UNet's middle block and decoder skips, while the UNet's own
+cross-attention sees only the text. Classifier-free guidance is on the text: the negative branch
+keeps the identity tokens and hint, so CapFace's output is the same for both branches and is
+computed once per step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+from caphuman.conditions.hint import check_hint
+from caphuman.conditions.identity import IdentityInputs, ReferenceFace, identity_tokens, prepare_identity_inputs
+from caphuman.conditions.text import encode_prompts
+from caphuman.faces.recognizer import FaceRecognizer
+from caphuman.models.capface import CapFaceModel
+from caphuman.models.identity_encoder import FUSIONS, IdentityEncoder
+from caphuman.schedulers import SCHEDULERS, make_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CapHumanPipelineOutput(BaseOutput):
+    """Attributes:
+    images: PIL images, or an array (N, H, W, 3) in [0, 1] for output_type "np", or latents.
+    face_masks: (N, 1, H/8, W/8) CapFace's predicted face mask at the last step.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    face_masks: torch.Tensor
+
+
+class CapHumanPipeline(DiffusionPipeline):
+    """Text + identity + 3D head condition -> images. See the module docstring."""
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->identity_encoder->capface->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        capface: CapFaceModel,
+        identity_encoder: IdentityEncoder,
+        image_encoder: CLIPVisionModel,
+        image_processor: CLIPImageProcessor,
+        scheduler: SchedulerMixin,
+        face_recognizer: FaceRecognizer | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            capface=capface,
+            identity_encoder=identity_encoder,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
+            scheduler=scheduler,
+            face_recognizer=face_recognizer,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    def set_scheduler(self, name: str) -> None:
+        """Swap the sampler by name (see caphuman.schedulers.SCHEDULERS), keeping the noise schedule."""
+        self.scheduler = make_scheduler(name, dict(self.scheduler.config))
+
+    # 1. inputs ------------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        prompts: list[str],
+        negative_prompts: list[str],
+        hint: torch.Tensor,
+        references: list[ReferenceFace] | None,
+        identity: IdentityInputs | None,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        identity_guidance_scale: float | None,
+        capface_strength: float,
+        reference_fusion: str,
+        tau: int,
+    ) -> None:
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings.")
+        if len(negative_prompts) != len(prompts):
+            raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts; give one or one per prompt.")
+        if (references is None) == (identity is None):
+            raise ValueError("Pass exactly one of `references` (reference faces) or `identity` (precomputed IdentityInputs).")
+        if references is not None and self.face_recognizer is None:
+            raise ValueError("This pipeline has no face recogniser; pass precomputed `identity` inputs instead of `references`.")
+        check_hint(hint, len(prompts), height, width)
+        if height % 8 or width % 8 or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of 8, got {height}x{width}.")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        if guidance_scale < 0 or (identity_guidance_scale is not None and identity_guidance_scale < 0):
+            raise ValueError("guidance scales must be >= 0.")
+        if capface_strength < 0:
+            raise ValueError(f"capface_strength must be >= 0, got {capface_strength}.")
+        if reference_fusion not in FUSIONS:
+            raise ValueError(f"reference_fusion must be one of {FUSIONS}, got '{reference_fusion}'.")
+        if not 0 <= tau <= self.scheduler.config.num_train_timesteps:
+            raise ValueError(f"tau must be a timestep in [0, {self.scheduler.config.num_train_timesteps}], got {tau}.")
+
+    # 2. conditions --------------------------------------------------------------------------
+    def encode_identity(
+        self, references: list[ReferenceFace] | None, identity: IdentityInputs | None, batch_size: int, fusion: str
+    ) -> torch.Tensor:
+        """(batch_size, T, D) identity tokens from reference faces or precomputed inputs."""
+        if references is not None:
+            identity = prepare_identity_inputs(references, self.face_recognizer, self.image_processor)
+        expected = self.identity_encoder.config.face_embedding_dim
+        if identity.face_embeds.shape[-1] != expected:
+            raise ValueError(f"face embeddings are {identity.face_embeds.shape[-1]}-d but the identity encoder expects {expected}-d.")
+        return identity_tokens(identity.repeat(batch_size), self.image_encoder, self.identity_encoder, fusion)
+
+    def prepare_latents(self, shape: tuple[int, ...], generator, latents: torch.Tensor | None) -> torch.Tensor:
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents.to(self._execution_device, self.unet.dtype) * self.scheduler.init_noise_sigma
+
+    def _scheduler_step_kwargs(self, generator, eta: float) -> dict:
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        return kwargs
+
+    # 3. one denoising step ------------------------------------------------------------------
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        id_tokens: torch.Tensor,
+        hint: torch.Tensor,
+        guidance_scale: float,
+        identity_guidance_scale: float | None,
+        capface_strength: float,
+        mask_gating: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guided noise prediction for (N, 4, h, w) latents; returns (noise, face_mask)."""
+        model_input = self.scheduler.scale_model_input(latents, timestep)
+        capface_out = self.capface(model_input, timestep, id_tokens, hint)
+        down, mid = capface_out.gated_residuals(capface_strength, mask_gating)
+
+        if negative_embeds is None:  # no guidance: a single branch
+            noise = self.unet(
+                model_input, timestep, encoder_hidden_states=text_embeds,
+                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            )[0]
+            return noise, capface_out.face_mask
+
+        branches_text = [negative_embeds, text_embeds]
+        branches_down, branches_mid = [down, down], [mid, mid]
+        if identity_guidance_scale is not None:
+            # A third branch without identity: negative text and zeroed identity tokens.
+            no_id = self.capface(model_input, timestep, torch.zeros_like(id_tokens), hint)
+            down_no_id, mid_no_id = no_id.gated_residuals(capface_strength, mask_gating)
+            branches_text.insert(0, negative_embeds)
+            branches_down.insert(0, down_no_id)
+            branches_mid.insert(0, mid_no_id)
+        count = len(branches_text)
+        noise = self.unet(
+            torch.cat([model_input] * count),
+            timestep,
+            encoder_hidden_states=torch.cat(branches_text),
+            down_block_additional_residuals=[torch.cat(parts) for parts in zip(*branches_down)],
+            mid_block_additional_residual=torch.cat(branches_mid),
+            return_dict=False,
+        )[0].chunk(count)
+        if identity_guidance_scale is None:
+            uncond, cond = noise
+            guided = uncond + guidance_scale * (cond - uncond)
+        else:
+            no_identity, identity_only, cond = noise
+            guided = no_identity + identity_guidance_scale * (identity_only - no_identity) + guidance_scale * (cond - identity_only)
+        return guided, capface_out.face_mask
+
+    # 4. the loop ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        hint: torch.Tensor,
+        references: list[ReferenceFace] | None = None,
+        identity: IdentityInputs | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.0,
+        identity_guidance_scale: float | None = None,
+        capface_strength: float = 1.0,
+        mask_gating: bool = True,
+        tau: int = 0,
+        eta: float = 0.0,
+        reference_fusion: str = "mean",
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> CapHumanPipelineOutput:
+        """Generate images.
+
+        Args:
+            prompt: one prompt or a list (batch B).
+            hint: (9, H, W), (1, 9, H, W) or (B, 9, H, W) head condition at the image size.
+            references: reference faces of one identity (cropped by caphuman.faces), or
+            identity: precomputed :class:`IdentityInputs` (B = 1 or B).
+            negative_prompt: default "" (as published).
+            num_images_per_prompt: images per prompt (N = B * num_images_per_prompt).
+            num_inference_steps, guidance_scale, eta: sampler settings (published: 20, 7.0, 0).
+            identity_guidance_scale: extra guidance on the identity tokens (None: off, as published).
+            capface_strength: scale of every CapFace residual (published 1.0; 0 gives plain SD).
+            mask_gating: multiply CapFace residuals by (predicted face mask > 0.5).
+            tau: identity tokens are zeroed while the timestep is above tau (0: off).
+            reference_fusion: "mean" or "concat" for several reference photos.
+            height, width: image size; default: the hint's size.
+            generator: torch.Generator(s) for reproducible latents.
+            output_type: "pil", "np", "pt" or "latent".
+            callback: called as callback(step_index, timestep, latents) after each step.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negative_prompt = "" if negative_prompt is None else negative_prompt
+        negative_prompts = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if isinstance(hint, torch.Tensor):
+            height = hint.shape[-2] if height is None else height
+            width = hint.shape[-1] if width is None else width
+        self.check_inputs(
+            prompts, negative_prompts, hint, references, identity, height, width, num_inference_steps,
+            guidance_scale, identity_guidance_scale, capface_strength, reference_fusion, tau,
+        )
+        device = self._execution_device
+        batch = len(prompts) * num_images_per_prompt
+        do_guidance = guidance_scale > 1.0 or identity_guidance_scale is not None
+
+        # Conditions, repeated per image the way diffusers repeats prompt embeddings.
+        text_embeds = encode_prompts(prompts, self.tokenizer, self.text_encoder).repeat_interleave(num_images_per_prompt, 0)
+        negative_embeds = None
+        if do_guidance:
+            negative_embeds = encode_prompts(negative_prompts, self.tokenizer, self.text_encoder).repeat_interleave(num_images_per_prompt, 0)
+        id_tokens = self.encode_identity(references, identity, len(prompts), reference_fusion)
+        id_tokens = id_tokens.to(self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
+        hint = check_hint(hint, len(prompts), height, width).to(device, self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latents = self.prepare_latents(shape, generator, latents)
+        step_kwargs = self._scheduler_step_kwargs(generator, eta)
+
+        face_mask = None
+        zero_tokens = torch.zeros_like(id_tokens)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for index, timestep in enumerate(timesteps):
+                # tau: the published model drops identity tokens at early (noisy) steps.
+                step_tokens = zero_tokens if tau > 0 and int(timestep) > tau else id_tokens
+                noise, face_mask = self.predict_noise(
+                    latents, timestep, text_embeds, negative_embeds, step_tokens, hint,
+                    guidance_scale, identity_guidance_scale, capface_strength, mask_gating,
+                )
+                latents = self.scheduler.step(noise, timestep, latents, **step_kwargs, return_dict=False)[0]
+                if callback is not None:
+                    callback(index, timestep, latents)
+                progress.update()
+
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            images = self.vae_image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
+        self.maybe_free_model_hooks()
+        return CapHumanPipelineOutput(images=images, face_masks=face_mask)
+
+
+__all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "SCHEDULERS"]

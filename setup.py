@@ -1,0 +1,69 @@
+"""Install with `pip install -e ".[dev]"` (see README.md)."""
+
+from setuptools import find_packages, setup
+
+install_requires = [
+    # torch 2.x with SDPA; torchvision for image transforms. Not pinned so a CUDA user keeps their build.
+    "torch>=2.1",
+    "torchvision>=0.16",
+    # The pipeline and CapFace build on diffusers' UNet/ControlNet blocks and its single-file
+    # loaders; 0.42 is the version the architecture and key maps were checked against.
+    "diffusers>=0.42,<0.43",
+    "transformers>=4.46",
+    "accelerate>=0.30",
+    "safetensors>=0.4",
+    "omegaconf>=2.3",
+    "einops>=0.7",
+    "tqdm>=4.66",
+    "pillow>=10",
+    "pyyaml>=6",
+    "scipy>=1.10",
+    "scikit-image>=0.22",
+    # mediapipe 0.10.21 is the last official release that still ships mp.solutions with its
+    # .tflite face detection and 478-point face mesh inside the wheel (works offline). It pins
+    # numpy<2; we keep the official Google build over the numpy-2 community rebuild
+    # (mediapipe-numpy2), so numpy stays below 2 here.
+    "mediapipe==0.10.21",
+    "numpy>=1.24,<2",
+    # dlib's 128-d face recogniser, 68-point landmarks and detectors, offline. The model files
+    # ship in face_recognition_models, whose import needs pkg_resources (setuptools<81); we
+    # locate its .dat files on disk instead of importing it, but keep setuptools<81 so the
+    # package installs and imports cleanly for users who do.
+    "dlib-bin>=19.24",
+    "face_recognition_models==0.3.0",
+    "setuptools<81",
+    "onnxruntime>=1.17",
+    "lightning>=2.2",
+    "tensorboard>=2.14",
+    "matplotlib>=3.7",
+    "huggingface_hub>=0.23",
+]
+
+extras_require = {
+    "dev": [
+        "pytest>=8",
+        "pytest-timeout>=2.2",
+        # an independent OpenGL rasteriser (EGL via Mesa llvmpipe, headless) to check our renderer
+        "moderngl>=5.8",
+        # export tiny torch models to ONNX to test the ArcFace-ONNX loader
+        "onnx>=1.15",
+    ],
+    # Optional CUDA speed-ups; never required.
+    "cuda": ["xformers"],
+}
+
+setup(
+    name="caphuman",
+    version="0.1.0",
+    description="CapHuman (CVPR 2024) rebuilt: one reference photo + 3D head control -> new photos of that person.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["caphuman", "caphuman.*"]),
+    include_package_data=True,
+    package_data={"caphuman": ["assets/**/*"]},
+    install_requires=install_requires,
+    extras_require=extras_require,
+    entry_points={"console_scripts": ["caphuman=caphuman.cli:main"]},
+)
