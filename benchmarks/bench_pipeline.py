@@ -1,9 +1,9 @@
 """Time CapHuman's sampler against diffusers' StableDiffusionControlNetPipeline, side by side.
 
 Both run the SD 1.5-sized architecture with random weights (nothing is downloaded): the same
-UNet, VAE and text encoder, and a ControlNet of CapFace's size. CapHuman also runs its identity
-encoder (CLIP ViT-L/14 vision + projections) once per call. Prints seconds per denoising step,
-peak memory and the ratio ours / diffusers.
+UNet, VAE and text encoder, and a ControlNet of CapFace's size. Prints seconds per denoising
+step (from step-end callbacks), seconds per whole call (CapHuman's includes its one-off identity
+encoding: CLIP ViT-L/14 vision + projections), peak memory, and the per-step ratio ours / diffusers.
 
     python benchmarks/bench_pipeline.py --steps 3 --size 512            # CPU
     python benchmarks/bench_pipeline.py --device cuda --dtype float16   # GPU
@@ -33,24 +33,40 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def time_call(call, device: torch.device, repeats: int) -> float:
-    """Median wall time of ``call`` over ``repeats`` runs after one warm-up."""
+class StepTimer:
+    """Wall-clock stamps at the end of every denoising step (via the pipelines' callbacks)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.stamps = device, []
+
+    def stamp(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+
+
+def time_call(call, timer: StepTimer, repeats: int) -> tuple[float, float]:
+    """(median seconds per denoising step, median seconds per whole call) after one warm-up.
+
+    Seconds per step come from the gaps between step-end stamps, so one-off work (prompt and
+    identity encoding, VAE) is not in them; the whole-call time includes it.
+    """
     call()
-    times = []
+    per_step, per_call = [], []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        timer.stamps = []
+        timer.stamp()
         call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        stamps = timer.stamps
+        per_call.append(stamps[-1] - stamps[0])
+        gaps = [later - earlier for earlier, later in zip(stamps[1:-1], stamps[2:-1])] or [stamps[-1] - stamps[0]]
+        per_step.extend(gaps)
+    return sorted(per_step)[len(per_step) // 2], sorted(per_call)[len(per_call) // 2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3, help="denoising steps per call")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per call (>= 3 so step gaps exist)")
     parser.add_argument("--size", type=int, default=512, help="image size in pixels")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per pipeline (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -79,13 +95,22 @@ def main() -> None:
     identity = IdentityInputs(torch.randn(1, 1, 512), torch.randn(1, 1, 3, 224, 224))
     prompt = "a photo of a person"
 
+    timer = StepTimer(device)
+
     def run_ours():
         ours(prompt, hint, identity=identity, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-             generator=torch.Generator().manual_seed(0), output_type="latent")
+             generator=torch.Generator().manual_seed(0), output_type="latent", callback=lambda *_: timer.stamp())
+        timer.stamp()
 
     def run_theirs():
+        def on_step_end(pipe, step, timestep, tensors):
+            timer.stamp()
+            return tensors
+
         theirs(prompt, image=hint, height=args.size, width=args.size, num_inference_steps=args.steps,
-               guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(0), output_type="latent")
+               guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(0), output_type="latent",
+               callback_on_step_end=on_step_end)
+        timer.stamp()
 
     results = {}
     with torch.inference_mode():
@@ -93,13 +118,13 @@ def main() -> None:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = time_call(call, device, args.repeats)
-            results[name] = (seconds / args.steps, peak_memory_mb(device))
+            per_step, per_call = time_call(call, timer, args.repeats)
+            results[name] = (per_step, per_call, peak_memory_mb(device))
 
     print(f"device={device} dtype={args.dtype} size={args.size} steps={args.steps} guidance={args.guidance_scale} threads={torch.get_num_threads()}")
-    print(f"{'pipeline':<22}{'s/step':>10}{'peak MB':>12}")
-    for name, (per_step, memory) in results.items():
-        print(f"{name:<22}{per_step:>10.3f}{memory:>12.0f}")
+    print(f"{'pipeline':<22}{'s/step':>10}{'s/call':>10}{'peak MB':>12}")
+    for name, (per_step, per_call, memory) in results.items():
+        print(f"{name:<22}{per_step:>10.3f}{per_call:>10.3f}{memory:>12.0f}")
     ratio = results["caphuman"][0] / results["diffusers ControlNet"][0]
     print(f"ratio caphuman/diffusers (s/step): {ratio:.3f}")
     if device.type == "cpu":

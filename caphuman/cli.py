@@ -18,7 +18,9 @@ logger = logging.getLogger("caphuman")
 EXIT_USER_ERROR = 2
 
 # sub-command -> module with add_arguments(parser) and run(args); the module docstring is its help.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "sample": "caphuman.commands.sample",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -113,7 +113,9 @@ def build_pipeline(
         scheduler=make_scheduler(config.sampling.scheduler, backbone.scheduler_config),
         face_recognizer=recognizer,
     )
-    pipe = pipe.to(torch_device, dtype)
+    pipe = pipe.to(torch_device)
+    if dtype != torch.float32:  # casting float32 -> float32 would only make diffusers warn
+        pipe = pipe.to(dtype=dtype)
     if config.sampling.attention == "xformers":
         enable_xformers(pipe, torch_device)
     return pipe

@@ -1,0 +1,211 @@
+"""Generate photos of the person in --ref, with the head set by --pose-ref and/or --yaw/--pitch/--roll.
+
+Writes image_000.png..., hint.png (a preview of the 9-channel head condition: normals, albedo,
+shaded render) and config.yaml (every setting, so the run can be repeated) into --out.
+
+Examples:
+  caphuman sample --config configs/tiny.yaml --ref face.jpg --prompt "a photo of a person" --out outputs/tiny
+  caphuman sample --config configs/caphuman_sd15.yaml --weights checkpoints --ref face.jpg \\
+      --pose-ref pose.jpg --modes position,pose --prompt "a photo of a man, in the snow"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from caphuman.config import CapHumanConfig, load_config, save_config
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--ref", action="append", required=True, metavar="PATH", help="reference face photo (repeat for several photos of one person)")
+    inputs.add_argument("--prompt", required=True, help="what to generate, e.g. 'a photo of a woman, on the beach'")
+    inputs.add_argument("--negative-prompt", default=None, help="what to avoid (default from config: '')")
+    inputs.add_argument("--pose-ref", metavar="PATH", help="photo whose head conditions (see --modes) are transferred")
+    inputs.add_argument("--modes", default="position,pose", help="conditions taken from --pose-ref: position, pose, expression, lighting, all (comma list)")
+    inputs.add_argument("--yaw", type=float, help="head yaw in degrees (positive turns the nose to the image's right)")
+    inputs.add_argument("--pitch", type=float, help="head pitch in degrees (positive tilts the nose down)")
+    inputs.add_argument("--roll", type=float, help="head roll in degrees (positive turns the head counter-clockwise)")
+    inputs.add_argument("--face-index", type=int, default=0, help="which face when a photo has several (0 = largest)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
+    model.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
+    model.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior")
+    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    model.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="override sampling.dtype")
+    sampling = parser.add_argument_group("sampling (defaults from --config)")
+    sampling.add_argument("--num-images", type=int)
+    sampling.add_argument("--steps", type=int, help="denoising steps")
+    sampling.add_argument("--guidance-scale", type=float)
+    sampling.add_argument("--identity-guidance-scale", type=float)
+    sampling.add_argument("--capface-strength", type=float)
+    sampling.add_argument("--tau", type=int)
+    sampling.add_argument("--scheduler", help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, unipc")
+    sampling.add_argument("--seed", type=int)
+    sampling.add_argument("--no-mask-gating", action="store_true", help="do not gate CapFace by its predicted face mask")
+    parser.add_argument("--out", default="outputs/sample", help="output folder")
+
+
+def config_from_args(args: argparse.Namespace) -> CapHumanConfig:
+    """The --config file with the command-line flags that were given on top."""
+    sampling = {
+        "num_images": args.num_images,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "identity_guidance_scale": args.identity_guidance_scale,
+        "capface_strength": args.capface_strength,
+        "tau": args.tau,
+        "scheduler": args.scheduler,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "negative_prompt": args.negative_prompt,
+        "mask_gating": False if args.no_mask_gating else None,
+    }
+    overrides = {
+        "sampling": {key: value for key, value in sampling.items() if value is not None},
+        "model": {"head_prior": args.head_prior} if args.head_prior else {},
+    }
+    return load_config(args.config, overrides)
+
+
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    """Pad with edge pixels to a square, so normalised image coordinates are isotropic."""
+    height, width = image.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    return np.pad(image, ((top, side - height - top), (left, side - width - left), (0, 0)), mode="edge")
+
+
+def build_head_prior(name: str, weights_dir: str, detector, device: torch.device):
+    if name == "deca":
+        from caphuman.head.deca import DecaHeadPrior
+
+        return DecaHeadPrior(weights_dir, device=device, detector=detector)
+    from caphuman.head.builtin_prior import BuiltinHeadPrior
+
+    return BuiltinHeadPrior(detector=detector)
+
+
+def render_hint_for_size(prior, params, height: int, width: int) -> torch.Tensor:
+    """(1, 9, height, width) hint: rendered square (the head prior's image frame is square, see
+    pad_to_square) at the longer side, then centre-cropped."""
+    from caphuman.head.hint import render_hint
+
+    side = max(height, width)
+    hint = render_hint(prior, params, image_size=side).hint
+    top, left = (side - height) // 2, (side - width) // 2
+    return hint[..., top : top + height, left : left + width]
+
+
+def save_png_atomically(image: Image.Image, path: Path) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(handle)
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from caphuman.conditions.identity import ReferenceFace
+    from caphuman.faces.detection import FaceDetector, select_face
+    from caphuman.faces.images import load_image
+    from caphuman.faces.reference import reference_face
+    from caphuman.head.hint import hint_preview
+    from caphuman.head.params import parse_modes, set_pose, transfer
+    from caphuman.loading import build_pipeline, resolve_device
+
+    config = config_from_args(args)
+    modes = parse_modes(args.modes) if args.pose_ref else ()
+    device = resolve_device(args.device)
+    # Read every input before loading any model, so a typo fails in a second.
+    references = [(path, pad_to_square(load_image(path))) for path in args.ref]
+    driver_image = pad_to_square(load_image(args.pose_ref)) if args.pose_ref else None
+    sampling = config.sampling
+
+    with FaceDetector() as detector:
+        faces = [(path, image, select_face(detector.detect(image), args.face_index, path)) for path, image in references]
+        if config.model.backbone == "sd15" and config.model.caphuman is not None and config.model.head_prior != "deca":
+            logger.warning(
+                "The released CapHuman weights were trained on DECA/FLAME renders; hints from the '%s' head prior are outside "
+                "their training distribution, so head control will be weaker. Use --head-prior deca for the published behaviour.",
+                config.model.head_prior,
+            )
+        prior = build_head_prior(config.model.head_prior, args.weights, detector, device)
+        params = prior.reconstruct(references[0][1], face_index=args.face_index)
+        if driver_image is not None:
+            params = transfer(params, prior.reconstruct(driver_image, face_index=args.face_index), modes)
+        if any(angle is not None for angle in (args.yaw, args.pitch, args.roll)):
+            params = set_pose(params, args.yaw, args.pitch, args.roll)
+        head_hint = render_hint_for_size(prior, params, sampling.height, sampling.width)
+
+        pipe = build_pipeline(config, args.weights, args.device)
+        parser = load_face_parser(config, args.weights, device)
+        identity: list[ReferenceFace] = [
+            reference_face(image, face, pipe.face_recognizer, parser, clip_size=pipe.image_encoder.config.image_size)
+            for _, image, face in faces
+        ]
+
+    generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
+    output = pipe(
+        args.prompt,
+        head_hint,
+        references=identity,
+        negative_prompt=sampling.negative_prompt,
+        num_images_per_prompt=sampling.num_images,
+        num_inference_steps=sampling.num_inference_steps,
+        guidance_scale=sampling.guidance_scale,
+        identity_guidance_scale=sampling.identity_guidance_scale,
+        capface_strength=sampling.capface_strength,
+        mask_gating=sampling.mask_gating,
+        tau=sampling.tau,
+        eta=sampling.eta,
+        reference_fusion=config.model.reference_fusion,
+        generator=generator,
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(output.images):
+        save_png_atomically(image, out / f"image_{index:03d}.png")
+    save_png_atomically(hint_preview(head_hint), out / "hint.png")
+    run_facts = {
+        "run": {
+            "command": " ".join(sys.argv),
+            "prompt": args.prompt,
+            "references": [str(Path(path).resolve()) for path in args.ref],
+            "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None,
+            "modes": list(modes),
+            "yaw": args.yaw, "pitch": args.pitch, "roll": args.roll,
+            "face_index": args.face_index,
+            "weights": str(Path(args.weights).resolve()),
+            "device": str(device),
+            "head_rotation_degrees": [round(float(v), 3) for v in params.rotation[0].tolist()],
+        }
+    }
+    save_config(config, out / "config.yaml", extra=run_facts)
+    logger.info("Wrote %d image(s), hint.png and config.yaml to %s", len(output.images), out)
+    return 0
+
+
+def load_face_parser(config: CapHumanConfig, weights_dir: str, device: torch.device):
+    """BiSeNet when its weights are there; otherwise None, and the mesh's face oval is used."""
+    path = Path(weights_dir) / "face-parsing" / "79999_iter.pth"
+    if config.model.backbone == "tiny" or not path.is_file():
+        if config.model.backbone != "tiny":
+            logger.info("No face-parsing weights at %s; using the face-mesh oval as the face region.", path)
+        return None
+    from caphuman.faces.bisenet import FaceParser
+
+    return FaceParser.from_file(path, device=device)
+
+

@@ -1,0 +1,77 @@
+"""The 9-channel head condition ("hint") CapFace sees: normals, albedo and shaded render.
+
+Channel order is CapHuman's published one: surface normals (3, camera frame, in [-1, 1]),
+albedo (3, in [0, 1]) and the Lambertian SH-shaded render (3, albedo x shading, in [0, 1]).
+All three are 0 on the background; ``mask`` marks the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from caphuman.head.params import HeadParams
+from caphuman.head.prior import HeadPrior
+from caphuman.head.renderer import MeshRenderer
+
+HINT_CHANNELS = 9
+NORMAL_CHANNELS = slice(0, 3)
+ALBEDO_CHANNELS = slice(3, 6)
+SHADED_CHANNELS = slice(6, 9)
+
+
+@dataclass
+class HeadHint:
+    """A rendered head condition.
+
+    Attributes:
+        hint: (B, 9, H, W) float32: normals in [-1, 1], albedo in [0, 1], shaded render in [0, 1].
+        mask: (B, 1, H, W) float32, 1 where the head covers the pixel.
+    """
+
+    hint: torch.Tensor
+    mask: torch.Tensor
+
+
+def render_hint(
+    prior: HeadPrior, params: HeadParams, image_size: int = 512, renderer: MeshRenderer | None = None
+) -> HeadHint:
+    """Render the 9-channel hint of ``params`` with the prior that made them.
+
+    Args:
+        prior: the head prior whose basis ``params`` use (``params.backend`` must be its name).
+        params: a batch of B heads.
+        image_size: output side in pixels (square; CapHuman uses 512).
+        renderer: a renderer to reuse; one of ``image_size`` is made otherwise.
+    """
+    if params.backend != prior.name:
+        raise ValueError(f"Head parameters come from the '{params.backend}' prior, not '{prior.name}'.")
+    renderer = renderer if renderer is not None else MeshRenderer(image_size)
+    if (renderer.height, renderer.width) != (image_size, image_size):
+        raise ValueError(f"renderer renders {renderer.height}x{renderer.width}, expected {image_size}x{image_size}.")
+    output = renderer.render_mesh(prior.mesh(params))
+    hint = torch.cat([output.normals, output.albedo.clamp(0.0, 1.0), output.shaded], dim=1) * output.mask
+    return HeadHint(hint=hint, mask=output.mask)
+
+
+def hint_preview(hint: HeadHint | torch.Tensor, index: int = 0) -> Image.Image:
+    """The three parts of one hint side by side (normals mapped from [-1, 1] to [0, 1]) as an RGB image.
+
+    Args:
+        hint: a :class:`HeadHint` or a (B, 9, H, W) tensor.
+        index: which batch item.
+
+    Returns:
+        A (3W x H) PIL image: normals | albedo | shaded render.
+    """
+    tensor = hint.hint if isinstance(hint, HeadHint) else hint
+    if tensor.ndim != 4 or tensor.shape[1] != HINT_CHANNELS:
+        raise ValueError(f"expected a (B, {HINT_CHANNELS}, H, W) hint, got {tuple(tensor.shape)}.")
+    item = tensor[index].detach().float().cpu()
+    parts = [(item[NORMAL_CHANNELS] + 1.0) / 2.0, item[ALBEDO_CHANNELS], item[SHADED_CHANNELS]]
+    strip = torch.cat([part.clamp(0.0, 1.0) for part in parts], dim=2)  # (3, H, 3W)
+    pixels = (strip.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(pixels)

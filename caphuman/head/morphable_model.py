@@ -1,0 +1,516 @@
+"""A linear 3D morphable face model on mediapipe's 468-point face mesh, and its fitting.
+
+Why mediapipe's own topology: the face detector (:mod:`caphuman.faces.detection`) returns the
+478-point mediapipe face mesh for every face, and each of its points has the same meaning on
+every face (point 1 is always the nose tip, 152 the chin, ...). So a model whose vertices are
+those points is in dense correspondence with the detector for free; no landmark-to-model
+registration is needed.
+
+The model, in the frame of its mean face (centimetres; x right in the image, y up, z towards the
+viewer; the frontal head has zero rotation):
+
+    vertices = mean + identity + sum_e expression[e] * expression_basis[e] + jaw_displacement(jaw)
+
+- ``mean`` and the triangles: derived in this repository from mediapipe's own detections on real
+  photos and its tessellation edges, cached on first use (:mod:`caphuman.head.mean_face`).
+- ``expression_basis``: displacement fields made geometrically from the mesh's semantic regions
+  (mouth corners, lips, eyelids, brows); see :func:`build_expression_basis`.
+- ``jaw``: axis-angle rotation (radians) of the lower jaw region about a hinge near the ears, as
+  FLAME's jaw joint: x = opening (positive moves the chin down and back), y = sideways.
+- ``identity``: per-vertex offsets (468 x 3), the part of a face that pose, expression and jaw do
+  not explain. Expression and jaw are solved first (ridge least squares on the de-posed points),
+  so identity is the remainder: an expression moves the expression coefficients, not identity.
+
+Fitting (:meth:`MorphableFaceModel.fit`): a weighted similarity (Umeyama) fit of the model to
+the detected 3D points on the vertices that expressions hardly move gives scale, rotation and
+translation; expression and jaw follow by Gauss-Newton ridge least squares; the pose is refitted
+once with the fitted expression; identity is what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from caphuman.head.mean_face import load_mean_face
+from caphuman.head.similarity import Similarity, refine_similarity, umeyama
+
+logger = logging.getLogger(__name__)
+
+NUM_MODEL_VERTICES = 468  # mediapipe face-mesh points without the 10 iris points
+
+# mediapipe face-mesh indices used as semantic anchors (the same on every face). "Right" and
+# "left" are the subject's: the subject's right eye is on the image's left (x < 0).
+MOUTH_CORNERS_OUTER = (61, 291)
+MOUTH_CORNERS_INNER = (78, 308)
+UPPER_LIP_CENTRE = (0, 13)  # outer, inner
+LOWER_LIP_CENTRE = (17, 14)  # outer, inner
+NOSE_TIP = 1
+CHIN = 152
+RIGHT_EYE_CORNERS = (33, 133)  # outer, inner
+LEFT_EYE_CORNERS = (263, 362)
+
+EXPRESSION_NAMES: tuple[str, ...] = (
+    "mouth_stretch",  # mouth corners pulled sideways (wide mouth)
+    "mouth_corners_up",  # corners raised (smile); negative values pull them down (frown)
+    "lip_pucker",  # lips pushed forward and together
+    "lips_part",  # lips apart without opening the jaw
+    "eye_close_right",  # subject's right upper eyelid down onto the lower one (1 = closed)
+    "eye_close_left",
+    "brow_raise",  # both eyebrows up
+    "brow_lower",  # eyebrows down and together (frown)
+)
+JAW_NAMES: tuple[str, ...] = ("jaw_open", "jaw_sideways", "jaw_twist")
+
+# Where the jaw turns (the temporomandibular joint, just in front of the ear): this far above the
+# nose base (point 2), i.e. about level with the ear canal, and this far behind the rearmost
+# face-mesh points (the side boundary at the cheeks, which mediapipe places in front of the ear).
+_JAW_HINGE_ABOVE_NOSE_BASE_CM = 0.6
+_JAW_HINGE_BEHIND_SIDE_CM = 0.6
+NOSE_BASE = 2
+# A lip vertex lies less than this far behind the mouth corners (the box test in lip_regions must
+# not catch points of the cheeks or jaw that project into the lip box from behind).
+_LIP_DEPTH_BEHIND_CORNERS_CM = 1.3
+# Width (cm) of the band in which jaw skinning weights go from 0 to 1, inside the mouth (the lips
+# touch there, so it is sharp) and out at the cheeks (skin stretches, so it is soft).
+_JAW_BLEND_MOUTH_CM = 0.05
+_JAW_BLEND_CHEEK_CM = 1.5
+
+# Pose weights: a vertex that some unit expression moves by more than this fraction of that
+# expression's largest displacement is left out of the similarity fit (smoothly).
+_STABLE_MOTION_FRACTION = 0.12
+
+# Ridge weights relative to each column's diagonal entry of the normal equations. Small, because they only
+# separate nearly collinear fields (e.g. jaw opening vs lips parting); the lateral jaw angles get
+# more, since they are rare and weakly observed in a mesh that has no back of the head.
+_EXPRESSION_RIDGE = 1e-3
+_JAW_RIDGE = (1e-3, 3e-2, 3e-1)
+_GAUSS_NEWTON_STEPS = 3
+# Weight of depth residuals relative to image-plane ones in the pose fit (see refine_similarity).
+_DEPTH_WEIGHT = 0.3
+_POSE_EXPRESSION_ROUNDS = 6
+
+
+@dataclass(frozen=True)
+class FaceFit:
+    """Result of fitting the model to one face's points (see :meth:`MorphableFaceModel.fit`).
+
+    Attributes:
+        pose: model frame -> the target points' frame.
+        expression: (E,) coefficients of ``EXPRESSION_NAMES``.
+        jaw: (3,) axis-angle (radians) of the jaw about its hinge.
+        identity: (V, 3) per-vertex offsets in the model frame (cm).
+        residual: root-mean-square distance (target units) between the posed model with identity
+            removed and the target, a measure of how much identity there is to explain.
+    """
+
+    pose: Similarity
+    expression: np.ndarray
+    jaw: np.ndarray
+    identity: np.ndarray
+    residual: float
+
+
+def axis_angle_matrix(axis_angle: np.ndarray) -> np.ndarray:
+    """(3,) axis-angle in radians -> (3, 3) rotation matrix (Rodrigues)."""
+    angle = float(np.linalg.norm(axis_angle))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = axis_angle / angle
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * cross @ cross
+
+
+def axis_angle_matrix_torch(axis_angle: torch.Tensor) -> torch.Tensor:
+    """(B, 3) axis-angle in radians -> (B, 3, 3) rotation matrices (Rodrigues, batched)."""
+    angle = axis_angle.norm(dim=-1, keepdim=True)  # (B, 1)
+    axis = axis_angle / angle.clamp(min=1e-12)
+    x, y, z = axis.unbind(-1)
+    zeros = torch.zeros_like(x)
+    cross = torch.stack([zeros, -z, y, z, zeros, -x, -y, x, zeros], dim=-1).view(-1, 3, 3)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(cross)
+    sin = angle.sin()[..., None]
+    one_minus_cos = (1.0 - angle.cos())[..., None]
+    return eye + sin * cross + one_minus_cos * (cross @ cross)
+
+
+def jaw_hinge(vertices: np.ndarray) -> np.ndarray:
+    """(3,) the jaw's hinge point (cm) for a mean face (see ``_JAW_HINGE_*``)."""
+    return np.array(
+        [
+            0.0,
+            vertices[NOSE_BASE, 1] + _JAW_HINGE_ABOVE_NOSE_BASE_CM,
+            vertices[:, 2].min() - _JAW_HINGE_BEHIND_SIDE_CM,
+        ]
+    )
+
+
+def mirror_indices(vertices: np.ndarray) -> np.ndarray:
+    """(V,) index of each vertex's left-right mirror partner in a symmetric mesh (x -> -x)."""
+    from scipy.spatial import cKDTree
+
+    _, nearest = cKDTree(vertices).query(vertices * np.array([-1.0, 1.0, 1.0]))
+    return nearest.astype(np.int64)
+
+
+def mesh_edges(faces: np.ndarray) -> np.ndarray:
+    """(F, 3) triangles -> (E, 2) unique undirected edges, sorted."""
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    return np.unique(np.sort(edges, axis=1), axis=0)
+
+
+def lip_regions(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean (V,) masks of the upper lip, the lower lip, and the lips' meeting height (V,).
+
+    The lips are the vertices inside mediapipe's outer lip contour. A lip vertex belongs to the
+    lower lip when it is below the line where the inner contours meet: the mid-height of the
+    upper and lower inner lip centres, bent up to the inner mouth corners.
+    """
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LIPS
+
+    contour = sorted({index for edge in FACEMESH_LIPS for index in edge})
+    corner_left, corner_right = (vertices[i] for i in MOUTH_CORNERS_OUTER)
+    meeting = _lip_meeting_height(vertices, vertices[:, 0])
+    # Inside the outer contour: within the corners in x and between the outer lip centres in y,
+    # plus every contour point. The outer contour is convex enough for this box-and-line test.
+    x, y = vertices[:, 0], vertices[:, 1]
+    top = vertices[UPPER_LIP_CENTRE[0], 1]
+    bottom = vertices[LOWER_LIP_CENTRE[0], 1]
+    half_width = (corner_right[0] - corner_left[0]) / 2.0
+    # The lip band narrows towards the corners like an ellipse.
+    taper = np.sqrt(np.clip(1.0 - (x / half_width) ** 2, 0.0, 1.0))
+    upper_bound = meeting + (top - meeting) * taper + 0.05
+    lower_bound = meeting + (bottom - meeting) * taper - 0.05
+    depth_limit = vertices[list(MOUTH_CORNERS_OUTER), 2].mean() - _LIP_DEPTH_BEHIND_CORNERS_CM
+    inside = (np.abs(x) <= half_width + 1e-6) & (y <= upper_bound) & (y >= lower_bound) & (vertices[:, 2] > depth_limit)
+    lips = inside.copy()
+    lips[contour] = True
+    lower = lips & (y < meeting)
+    upper = lips & ~lower
+    return upper, lower, meeting
+
+
+def _lip_meeting_height(vertices: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Height (cm) of the line where the lips meet, at horizontal positions ``x``."""
+    centre = (vertices[UPPER_LIP_CENTRE[1], 1] + vertices[LOWER_LIP_CENTRE[1], 1]) / 2.0
+    corner = vertices[list(MOUTH_CORNERS_INNER), 1].mean()
+    half_width = abs(vertices[MOUTH_CORNERS_INNER[1], 0])
+    # A parabola through the centre and the inner corners, flat beyond the corners.
+    t = np.clip(np.abs(x) / half_width, 0.0, 1.0)
+    return centre + (corner - centre) * t**2
+
+
+def _smooth_field(
+    vertices: np.ndarray,
+    anchors: np.ndarray,
+    anchor_displacements: np.ndarray,
+    radius: float,
+) -> np.ndarray:
+    """Displacement field that follows the anchors near them and fades to zero away from them.
+
+    Shepard interpolation with Gaussian weights g = exp(-d^2 / (2 radius^2)) plus one implicit
+    zero-displacement anchor at distance 2.5 * radius from every vertex, so vertices far from all
+    anchors stay put. Anchors with zero displacement pin their neighbourhood.
+
+    Args:
+        vertices: (V, 3) model vertices.
+        anchors: (K,) vertex indices.
+        anchor_displacements: (K, 3) displacement of each anchor.
+        radius: Gaussian radius in cm.
+
+    Returns:
+        (V, 3) displacements.
+    """
+    distance_sq = ((vertices[:, None, :] - vertices[anchors][None, :, :]) ** 2).sum(-1)  # (V, K)
+    weights = np.exp(-distance_sq / (2.0 * radius**2))
+    background = math.exp(-(2.5**2) / 2.0)
+    field = weights @ anchor_displacements / (weights.sum(axis=1, keepdims=True) + background)
+    # Anchors keep exactly their own displacement.
+    field[anchors] = anchor_displacements
+    return field
+
+
+def _indices_of(connections: frozenset) -> np.ndarray:
+    return np.array(sorted({index for edge in connections for index in edge}), dtype=np.int64)
+
+
+def _eye_close_field(vertices: np.ndarray, eye: np.ndarray, corners: tuple[int, int], brow: np.ndarray) -> np.ndarray:
+    """Upper eyelid points move onto the lower lid at the same x; the lower lid and brow stay."""
+    outer, inner = vertices[corners[0]], vertices[corners[1]]
+    slope = (inner[1] - outer[1]) / (inner[0] - outer[0])
+
+    def corner_line(x: np.ndarray) -> np.ndarray:
+        return outer[1] + slope * (x - outer[0])
+
+    contour = vertices[eye]
+    above = contour[:, 1] > corner_line(contour[:, 0]) + 1e-6
+    upper_lid, lower_lid = eye[above], eye[~above]  # corners count as lower lid: they stay
+    order = np.argsort(vertices[lower_lid, 0])
+    lower_x = vertices[lower_lid[order], 0]
+    target_y = np.interp(vertices[upper_lid, 0], lower_x, vertices[lower_lid[order], 1])
+    target_z = np.interp(vertices[upper_lid, 0], lower_x, vertices[lower_lid[order], 2])
+    moving = np.zeros((len(upper_lid), 3))
+    moving[:, 1] = target_y - vertices[upper_lid, 1]
+    # A closed lid bulges over the eyeball, slightly in front of the lower lid.
+    moving[:, 2] = target_z - vertices[upper_lid, 2] + 0.1
+    anchors = np.concatenate([upper_lid, lower_lid, brow])
+    displacements = np.concatenate([moving, np.zeros((len(lower_lid) + len(brow), 3))])
+    return _smooth_field(vertices, anchors, displacements, radius=0.35)
+
+
+def build_expression_basis(vertices: np.ndarray) -> np.ndarray:
+    """Expression displacement fields (E, V, 3) in cm, one per name in ``EXPRESSION_NAMES``.
+
+    Coefficient 1 is a full, clearly visible expression of an average adult face (e.g. 0.6 cm of
+    mouth-corner travel, a fully closed eye); the fields are made from the mean mesh's
+    semantic regions (mediapipe's lip, eye and brow contours) with smooth fall-off.
+    """
+    from mediapipe.python.solutions import face_mesh_connections as connections
+
+    upper_lip, lower_lip, _ = lip_regions(vertices)
+    lips = np.flatnonzero(upper_lip | lower_lip)
+    right_eye = _indices_of(connections.FACEMESH_RIGHT_EYE)
+    left_eye = _indices_of(connections.FACEMESH_LEFT_EYE)
+    right_brow = _indices_of(connections.FACEMESH_RIGHT_EYEBROW)
+    left_brow = _indices_of(connections.FACEMESH_LEFT_EYEBROW)
+    brows = np.concatenate([right_brow, left_brow])
+    eyes = np.concatenate([right_eye, left_eye])
+    nose = _indices_of(connections.FACEMESH_NOSE)
+    # Points that mouth expressions must not move: the nose, the chin and the lip centre line.
+    mouth_pins = np.unique(np.concatenate([nose, [CHIN], UPPER_LIP_CENTRE, LOWER_LIP_CENTRE]))
+    corners = np.array(MOUTH_CORNERS_OUTER + MOUTH_CORNERS_INNER)
+    corner_side = np.sign(vertices[corners, 0])[:, None]
+
+    fields = {}
+    # Mouth corners 0.6 cm sideways; cheeks follow within ~1 cm.
+    moving = np.zeros((4, 3))
+    moving[:, 0] = 0.6 * corner_side[:, 0]
+    fields["mouth_stretch"] = _smooth_field(
+        vertices, np.concatenate([corners, mouth_pins]), np.concatenate([moving, np.zeros((len(mouth_pins), 3))]), 0.9
+    )
+    # Corners 0.6 cm up and a little back (they slide along the cheek).
+    moving = np.tile([0.0, 0.6, -0.2], (4, 1))
+    fields["mouth_corners_up"] = _smooth_field(
+        vertices, np.concatenate([corners, mouth_pins]), np.concatenate([moving, np.zeros((len(mouth_pins), 3))]), 0.9
+    )
+    # Lips 0.5 cm forward and 30 % narrower around the mouth centre.
+    mouth_centre_x = 0.0
+    moving = np.zeros((len(lips), 3))
+    moving[:, 0] = -0.3 * (vertices[lips, 0] - mouth_centre_x)
+    moving[:, 2] = 0.5
+    pucker_pins = np.unique(np.concatenate([nose, [CHIN]]))
+    fields["lip_pucker"] = _smooth_field(
+        vertices, np.concatenate([lips, pucker_pins]), np.concatenate([moving, np.zeros((len(pucker_pins), 3))]), 0.7
+    )
+    # Upper lip 0.3 cm up and lower lip 0.3 cm down, most in the middle, nothing at the corners.
+    half_width = abs(vertices[MOUTH_CORNERS_OUTER[1], 0])
+    taper = np.sqrt(np.clip(1.0 - (vertices[lips, 0] / half_width) ** 2, 0.0, 1.0))
+    moving = np.zeros((len(lips), 3))
+    moving[:, 1] = np.where(upper_lip[lips], 0.3, -0.3) * taper
+    part_pins = np.unique(np.concatenate([nose, [CHIN], MOUTH_CORNERS_OUTER]))
+    part_pins = part_pins[~np.isin(part_pins, lips)]
+    fields["lips_part"] = _smooth_field(
+        vertices, np.concatenate([lips, part_pins]), np.concatenate([moving, np.zeros((len(part_pins), 3))]), 0.5
+    )
+    fields["eye_close_right"] = _eye_close_field(vertices, right_eye, RIGHT_EYE_CORNERS, right_brow)
+    fields["eye_close_left"] = _eye_close_field(vertices, left_eye, LEFT_EYE_CORNERS, left_brow)
+    # Brows 0.6 cm up; the forehead above follows, the eyes stay.
+    moving = np.tile([0.0, 0.6, 0.0], (len(brows), 1))
+    brow_pins = np.unique(np.concatenate([eyes, nose]))
+    fields["brow_raise"] = _smooth_field(
+        vertices, np.concatenate([brows, brow_pins]), np.concatenate([moving, np.zeros((len(brow_pins), 3))]), 1.0
+    )
+    # Brows 0.4 cm down and 0.3 cm towards the nose, the inner ends most.
+    inner_weight = np.clip(1.0 - (np.abs(vertices[brows, 0]) - 1.0) / 5.0, 0.3, 1.0)
+    moving = np.zeros((len(brows), 3))
+    moving[:, 1] = -0.4 * inner_weight
+    moving[:, 0] = -0.3 * np.sign(vertices[brows, 0]) * inner_weight
+    fields["brow_lower"] = _smooth_field(
+        vertices, np.concatenate([brows, brow_pins]), np.concatenate([moving, np.zeros((len(brow_pins), 3))]), 0.8
+    )
+    return np.stack([fields[name] for name in EXPRESSION_NAMES])
+
+
+def jaw_skinning_weights(vertices: np.ndarray, hinge: np.ndarray) -> np.ndarray:
+    """(V,) weight in [0, 1] with which each vertex follows the jaw.
+
+    1 below the line where the lips meet (lower lip, chin, jaw line), 0 above it (upper lip, nose,
+    cheekbones); the transition is sharp between the lips and soft out on the cheeks.
+    """
+    upper_lip, lower_lip, meeting = lip_regions(vertices)
+    x = vertices[:, 0]
+    mouth_half_width = abs(vertices[MOUTH_CORNERS_OUTER[1], 0])
+    beyond_corner = np.clip((np.abs(x) - mouth_half_width) / 2.0, 0.0, 1.0)
+    blend = _JAW_BLEND_MOUTH_CM + (_JAW_BLEND_CHEEK_CM - _JAW_BLEND_MOUTH_CM) * beyond_corner
+    # Beyond the corners the dividing line rises towards the hinge, as the jaw bone does.
+    hinge_height = hinge[1]
+    corner_height = vertices[list(MOUTH_CORNERS_OUTER), 1].mean()
+    line = np.where(np.abs(x) > mouth_half_width, corner_height + (hinge_height - corner_height) * beyond_corner, meeting)
+    # A logistic step; the clip keeps exp() finite far from the line.
+    weights = 1.0 / (1.0 + np.exp(np.clip(-(line - vertices[:, 1]) / (blend / 4.0), -50.0, 50.0)))
+    weights[upper_lip] = 0.0
+    weights[lower_lip] = 1.0
+    # The mouth corners are where the lips meet: half with each.
+    weights[list(MOUTH_CORNERS_OUTER + MOUTH_CORNERS_INNER)] = 0.5
+    return weights
+
+
+class MorphableFaceModel:
+    """The mediapipe-topology morphable face model (see the module docstring).
+
+    Attributes:
+        mean: (V, 3) float64 mean-face vertices (cm), see :class:`caphuman.head.mean_face.MeanFace`.
+        faces: (F, 3) int64 triangles, counter-clockwise from the front.
+        expression_basis: (E, V, 3) float64 displacements per unit coefficient.
+        jaw_weights: (V,) jaw skinning weights; ``jaw_hinge`` (3,) the hinge point.
+        pose_weights: (V,) weights of the similarity fit (high where expressions do not move the face).
+        mirror: (V,) left-right mirror partner of each vertex.
+    """
+
+    def __init__(self) -> None:
+        template = load_mean_face()
+        self.mean, self.faces = template.vertices, template.faces
+        self.expression_basis = build_expression_basis(self.mean)
+        self.jaw_hinge = jaw_hinge(self.mean)
+        self.jaw_weights = jaw_skinning_weights(self.mean, self.jaw_hinge)
+        self.mirror = template.mirror
+        self.pose_weights = self._stable_weights()
+
+    @property
+    def num_vertices(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def num_expressions(self) -> int:
+        return self.expression_basis.shape[0]
+
+    def _stable_weights(self) -> np.ndarray:
+        """Weights near 1 on vertices that no expression (and no 20-degree jaw opening) moves."""
+        motions = [np.linalg.norm(field, axis=1) for field in self.expression_basis]
+        motions.append(np.linalg.norm(self.jaw_displacement(np.array([math.radians(20.0), 0.0, 0.0])), axis=1))
+        relative = np.max([motion / motion.max() for motion in motions], axis=0)
+        return np.exp(-((relative / _STABLE_MOTION_FRACTION) ** 2))
+
+    def jaw_displacement(self, jaw: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+        """(V, 3) displacement of the mean (or ``base``) vertices by a jaw rotation ``jaw`` (3,) radians."""
+        base = self.mean if base is None else base
+        rotated = (base - self.jaw_hinge) @ axis_angle_matrix(jaw).T + self.jaw_hinge
+        return self.jaw_weights[:, None] * (rotated - base)
+
+    def _jaw_jacobian(self, jaw: np.ndarray) -> np.ndarray:
+        """(3, V, 3) derivative of :meth:`jaw_displacement` by each axis-angle component (numerical)."""
+        step = 1e-4
+        columns = []
+        for axis in range(3):
+            delta = np.zeros(3)
+            delta[axis] = step
+            columns.append((self.jaw_displacement(jaw + delta) - self.jaw_displacement(jaw - delta)) / (2 * step))
+        return np.stack(columns)
+
+    def expressed(self, expression: np.ndarray, jaw: np.ndarray) -> np.ndarray:
+        """(V, 3) mean + expression + jaw displacements (no identity)."""
+        return self.mean + np.tensordot(expression, self.expression_basis, axes=1) + self.jaw_displacement(jaw)
+
+    def solve_expression(self, residual: np.ndarray, fit_jaw: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Expression and jaw that best explain a de-posed displacement from the mean.
+
+        Gauss-Newton on  |residual - B e - J(jaw)|^2 + ridge terms, over all vertices.
+
+        Args:
+            residual: (V, 3) de-posed points minus ``mean`` (cm).
+            fit_jaw: False keeps the jaw closed.
+
+        Returns:
+            expression (E,), jaw (3,) radians.
+        """
+        expression_columns = self.expression_basis.reshape(self.num_expressions, -1).T  # (3V, E)
+        jaw = np.zeros(3)
+        expression = np.zeros(self.num_expressions)
+        target = residual.reshape(-1)
+        steps = _GAUSS_NEWTON_STEPS if fit_jaw else 1
+        for _ in range(steps):
+            if fit_jaw:
+                jacobian = self._jaw_jacobian(jaw).reshape(3, -1).T  # (3V, 3)
+                design = np.concatenate([expression_columns, jacobian], axis=1)
+                # Linearise the jaw at its current value: J(jaw + d) ~ J(jaw) + jacobian d.
+                rhs = target - self.jaw_displacement(jaw).reshape(-1) + jacobian @ jaw
+                ridge = np.array([_EXPRESSION_RIDGE] * self.num_expressions + list(_JAW_RIDGE))
+            else:
+                design, rhs = expression_columns, target
+                ridge = np.full(self.num_expressions, _EXPRESSION_RIDGE)
+            gram = design.T @ design
+            # Each column's ridge is relative to its own energy, so a small field (an eyelid)
+            # is not shrunk more than a large one (the jaw).
+            solution = np.linalg.solve(gram + np.diag(ridge * np.diag(gram)), design.T @ rhs)
+            expression = solution[: self.num_expressions]
+            if fit_jaw:
+                jaw = solution[self.num_expressions :]
+        return expression, jaw
+
+    def fit(self, points: np.ndarray, fit_jaw: bool = True) -> FaceFit:
+        """Fit pose, expression, jaw and identity to one face's 3D points.
+
+        Args:
+            points: (V, 3) or (478, 3) points in a right-handed frame with y up and z towards the
+                viewer (any units; the similarity's scale absorbs them). Iris points beyond the
+                first 468 are ignored.
+            fit_jaw: False keeps the jaw closed.
+
+        Returns:
+            A :class:`FaceFit`; ``pose.apply(mean + identity + expression fields + jaw)`` reproduces
+            ``points`` exactly.
+        """
+        points = np.asarray(points, dtype=np.float64)[: self.num_vertices]
+        pose = umeyama(self.mean, points, self.pose_weights)
+        pose = refine_similarity(self.mean, points, self.pose_weights, _DEPTH_WEIGHT, pose)
+        expression, jaw = self.solve_expression(pose.invert(points) - self.mean, fit_jaw)
+        # With the expression known, every vertex can inform the pose; the stable ones still
+        # dominate because expression misfit concentrates on the moving ones.
+        # Alternating the two steps converges to the joint least-squares solution (each step
+        # lowers it); a few rounds suffice because the expression's effect on the pose is small.
+        weights = np.maximum(self.pose_weights, 0.25)
+        for _ in range(_POSE_EXPRESSION_ROUNDS):
+            pose = refine_similarity(self.expressed(expression, jaw), points, weights, _DEPTH_WEIGHT, pose)
+            expression, jaw = self.solve_expression(pose.invert(points) - self.mean, fit_jaw)
+        identity = pose.invert(points) - self.expressed(expression, jaw)
+        residual = float(np.sqrt(((identity * pose.scale) ** 2).sum(axis=1).mean()))
+        return FaceFit(pose=pose, expression=expression, jaw=jaw, identity=identity, residual=residual)
+
+    # ---------------------------------------------------------------- batched torch evaluation
+
+    def vertices(self, identity: torch.Tensor, expression: torch.Tensor, jaw: torch.Tensor) -> torch.Tensor:
+        """Unposed vertices in the model frame (cm).
+
+        Args:
+            identity: (B, V*3) flattened per-vertex offsets.
+            expression: (B, E) coefficients.
+            jaw: (B, 3) axis-angle radians.
+
+        Returns:
+            (B, V, 3) in the dtype and device of ``expression``.
+        """
+        dtype, device = expression.dtype, expression.device
+        mean = torch.as_tensor(self.mean, dtype=dtype, device=device)
+        basis = torch.as_tensor(self.expression_basis, dtype=dtype, device=device)
+        hinge = torch.as_tensor(self.jaw_hinge, dtype=dtype, device=device)
+        weights = torch.as_tensor(self.jaw_weights, dtype=dtype, device=device)
+        batch = expression.shape[0]
+        rotated = (mean - hinge) @ axis_angle_matrix_torch(jaw.to(dtype)).transpose(1, 2) + hinge  # (B, V, 3)
+        jaw_offsets = weights[None, :, None] * (rotated - mean)
+        return (
+            mean[None]
+            + identity.to(dtype).view(batch, self.num_vertices, 3)
+            + torch.einsum("be,evc->bvc", expression, basis)
+            + jaw_offsets
+        )
+
+
+@lru_cache(maxsize=1)
+def default_model() -> MorphableFaceModel:
+    """The shared model instance (the mean face comes from its cache after the first derivation)."""
+    return MorphableFaceModel()
