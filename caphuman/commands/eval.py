@@ -1,0 +1,122 @@
+"""Run a benchmark (HumanIPHC-shaped): generate with resume, score, and write tables, plots and grids.
+
+Generates every (method, identity, prompt, head condition, seed) image that is not yet in --out,
+then scores all of them (identity similarity, CLIP-T, prompt accuracy, head-coefficient RMSE,
+head-pose error, face detection rate, diversity across seeds) and writes --out/report/:
+per_image.csv, summary.csv, per_condition.csv, table.md, two plots and a sample grid per identity.
+A rerun skips finished images and reuses their cached scores.
+
+Examples:
+  caphuman eval --benchmark configs/benchmarks/smoke.yaml --config configs/tiny.yaml \\
+      --identities photos/ --out runs/smoke --method caphuman --method text-only
+  caphuman eval --benchmark configs/benchmarks/humaniphc.yaml --config configs/caphuman_sd15.yaml \\
+      --weights checkpoints --identities humaniphc_faces/ --out runs/humaniphc --method all --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", required=True, help="benchmark spec (configs/benchmarks/humaniphc.yaml or smoke.yaml)")
+    parser.add_argument("--identities", required=True, metavar="DIR", help="folder of reference photos, one per identity (optional subjects.yaml)")
+    parser.add_argument("--out", required=True, metavar="RUN", help="run folder (rerunning into it resumes)")
+    parser.add_argument(
+        "--method", action="append", metavar="NAME",
+        help="caphuman, text-only, caphuman-no-head, all, or package.module:function (repeatable; default caphuman)",
+    )
+    parser.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
+    parser.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior (used for hints and for re-estimation)")
+    parser.add_argument("--steps", type=int, help="override sampling.num_inference_steps")
+    parser.add_argument("--max-identities", type=int, help="use only the first N identities")
+    parser.add_argument("--id-model", default="auto", choices=["auto", "facenet", "arcface", "dlib"], help="evaluation face recogniser (auto: FaceNet, ArcFace, then dlib)")
+    parser.add_argument("--clip-model", help="CLIP model folder for CLIP-T (default: <weights>/<model.clip_vision>)")
+    stages = parser.add_mutually_exclusive_group()
+    stages.add_argument("--generate-only", action="store_true", help="generate, do not score")
+    stages.add_argument("--score-only", action="store_true", help="score and report the images already in --out")
+
+
+def resolve_methods(names: list[str] | None):
+    from caphuman.eval.methods import DEFAULT_METHODS, get_method
+
+    names = names or ["caphuman"]
+    expanded: list[str] = []
+    for name in names:
+        for part in (p.strip() for p in name.split(",")):
+            for item in (DEFAULT_METHODS if part == "all" else (part,)):
+                if item and item not in expanded:
+                    expanded.append(item)
+    return [get_method(name) for name in expanded]
+
+
+def run(args: argparse.Namespace) -> int:
+    from caphuman.config import load_config
+    from caphuman.eval.benchmark import find_identities, load_benchmark
+    from caphuman.eval.clip_score import ClipScorer
+    from caphuman.eval.identity import resolve_identity_model
+    from caphuman.eval.methods import MethodContext
+    from caphuman.eval.report import ReportNotes, write_report
+    from caphuman.eval.runner import generate, update_manifest, write_json_atomically
+    from caphuman.eval.scoring import Scorer, score_run
+    from caphuman.loading import resolve_device
+
+    started = time.perf_counter()
+    spec = load_benchmark(args.benchmark)
+    overrides = {
+        "model": {"head_prior": args.head_prior} if args.head_prior else {},
+        "sampling": {"num_inference_steps": args.steps} if args.steps else {},
+    }
+    config = load_config(args.config, overrides)
+    limit = args.max_identities if args.max_identities is not None else spec.max_identities
+    identities = find_identities(args.identities, spec.default_subject, limit)
+    methods = resolve_methods(args.method)
+    device = resolve_device(args.device)
+    run_dir = Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger.info(
+        "%s: %d identities x %d prompts x %d conditions x %d seeds = %d images per method; methods: %s",
+        spec.name, len(identities), len(spec.prompts), len(spec.conditions), len(spec.seeds),
+        len(identities) * spec.images_per_identity, ", ".join(m.name for m in methods),
+    )
+    if config.model.backbone == "sd15" and config.model.caphuman is not None and config.model.head_prior != "deca":
+        logger.warning("The released CapHuman weights were trained on DECA/FLAME renders; the '%s' head prior is outside their training distribution.", config.model.head_prior)
+
+    context = MethodContext(config, args.weights, device)
+    summary: dict = {"benchmark": spec.name, "methods": [m.name for m in methods], "identities": [i.identity_id for i in identities]}
+    try:
+        # Read every reference first, so a photo without a face fails before any generation.
+        references = {identity.identity_id: context.identity(identity).image for identity in identities}
+        update_manifest(run_dir, spec, args.benchmark, identities, context, methods)
+        if not args.score_only:
+            summary["generation"] = [asdict(s) for s in generate(spec, identities, methods, run_dir, context)]
+        if not args.generate_only:
+            identity_model = resolve_identity_model(args.id_model, args.weights, device)
+            clip_dir = Path(args.clip_model) if args.clip_model else Path(args.weights) / config.model.clip_vision
+            clip = ClipScorer.from_dir(clip_dir, device)
+            logger.info("Identity metric: %s. %s", identity_model.label, clip.note)
+            scorer = Scorer(context, identity_model, clip, spec)
+            rows, scored_now = score_run(spec, identities, methods, run_dir, scorer)
+            summary["scored_now"] = scored_now
+            notes = ReportNotes(
+                benchmark=spec.name, identities=len(identities), identity_model=identity_model.label, clip=clip.note,
+                head_prior=config.model.head_prior, model_config=str(args.config),
+            )
+            files = write_report(run_dir, rows, [m.name for m in methods], spec, identities, references, notes)
+            summary["report"] = {name: str(path) for name, path in files.items()}
+    finally:
+        context.close()
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    summary["command"] = " ".join(sys.argv)
+    write_json_atomically(summary, run_dir / "last_run.json")
+    logger.info("Done in %.1f s; see %s", summary["seconds"], run_dir / "report" / "table.md")
+    return 0

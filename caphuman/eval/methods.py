@@ -1,0 +1,273 @@
+"""Methods the harness can compare, behind one hook: (request, context) -> one image per seed.
+
+Built in (all on the same backbone and weights, so only the named difference changes):
+- ``caphuman``: the full model: identity tokens + the head condition's 9-channel hint, CapFace
+  strength and mask gating from the config (published: 1.0, gated).
+- ``text-only``: plain Stable Diffusion: CapFace strength 0, so none of CapFace's residuals
+  reach the UNet and neither identity nor head has any effect. (CapFace still runs and its
+  output is multiplied by 0; that costs time, not correctness.)
+- ``caphuman-no-head``: the head branch switched off while identity stays on. Strength 0 would
+  not do: identity enters only through CapFace, so it would vanish too. Instead the hint is all
+  zeros (no head shape, normals, albedo or shading), and mask gating is off, because the face
+  mask is predicted from the hint and a zero hint would gate CapFace arbitrarily.
+
+Add a method by decorating a function with :func:`register_method`, or pass
+``--method package.module:function`` to the eval command; the function receives a
+:class:`GenerationRequest` and the shared :class:`MethodContext` (which builds the pipeline, head
+prior and reference crops on demand) and returns one PIL image per seed, in seed order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from caphuman.config import CapHumanConfig
+from caphuman.errors import CapHumanError
+from caphuman.eval.benchmark import HeadCondition, Identity, PromptSpec
+from caphuman.head.params import HeadParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One (identity, prompt, head condition) and the seeds still to generate.
+
+    Attributes:
+        identity: whose photo to use; prompt: the template; prompt_text: with the subject filled in.
+        condition: the requested head; seeds: one image per seed, returned in this order.
+        height, width: image size in pixels (from the model config).
+    """
+
+    identity: Identity
+    prompt: PromptSpec
+    prompt_text: str
+    condition: HeadCondition
+    seeds: tuple[int, ...]
+    height: int
+    width: int
+
+
+@dataclass
+class PreparedIdentity:
+    """A reference photo read once: the square-padded image, its face and its head.
+
+    Attributes:
+        image: (S, S, 3) uint8 RGB, the photo padded to a square (as ``caphuman sample`` does).
+        face: the largest detected face.
+        head: the head prior's reconstruction (B = 1).
+    """
+
+    image: np.ndarray
+    face: object
+    head: HeadParams
+
+
+MethodFn = Callable[[GenerationRequest, "MethodContext"], list[Image.Image]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    generate: MethodFn
+    description: str
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, description: str = "") -> Callable[[MethodFn], MethodFn]:
+    """Decorator adding ``fn(request, context) -> list[PIL.Image]`` to the registry under ``name``."""
+
+    def decorate(fn: MethodFn) -> MethodFn:
+        METHODS[name] = MethodSpec(name, fn, description or (fn.__doc__ or name).strip().splitlines()[0])
+        return fn
+
+    return decorate
+
+
+def get_method(name: str) -> MethodSpec:
+    """A registered method, or ``package.module:function`` imported as a hook.
+
+    Raises:
+        CapHumanError: unknown name, or a hook that cannot be imported.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise CapHumanError(f"Cannot import method hook '{name}': {error}.") from None
+        return MethodSpec(name, fn, (fn.__doc__ or name).strip().splitlines()[0])
+    raise CapHumanError(f"Unknown method '{name}'; choose from {', '.join(METHODS)} or give package.module:function.")
+
+
+class MethodContext:
+    """What methods and scorers share, built on first use: detector, head prior, pipeline, references.
+
+    Args:
+        config: model + sampling config (sampling.height/width set the image size).
+        weights_dir: the weights folder (see checkpoints/README.md).
+        device: where models run.
+    """
+
+    def __init__(self, config: CapHumanConfig, weights_dir: str | Path, device: torch.device):
+        self.config = config
+        self.weights_dir = str(weights_dir)
+        self.device = device
+        self._detector = None
+        self._prior = None
+        self._pipeline = None
+        self._parser = None
+        self._identities: dict[str, PreparedIdentity] = {}
+        self._reference_faces: dict[str, list] = {}
+        self._drivers: dict[str, HeadParams] = {}
+        self._hint_key: tuple[str, str] | None = None
+        self._hint: torch.Tensor | None = None
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from caphuman.faces.detection import FaceDetector
+
+            self._detector = FaceDetector(max_faces=5)
+        return self._detector
+
+    @property
+    def head_prior(self):
+        if self._prior is None:
+            from caphuman.commands.sample import build_head_prior
+
+            self._prior = build_head_prior(self.config.model.head_prior, self.weights_dir, self.detector, self.device)
+        return self._prior
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            from caphuman.commands.sample import load_face_parser
+            from caphuman.loading import build_pipeline
+
+            self._pipeline = build_pipeline(self.config, self.weights_dir, str(self.device))
+            self._pipeline.set_progress_bar_config(disable=True)
+            self._parser = load_face_parser(self.config, self.weights_dir, self.device)
+        return self._pipeline
+
+    def identity(self, identity: Identity) -> PreparedIdentity:
+        """The reference photo, its face and head (cached per identity)."""
+        if identity.identity_id not in self._identities:
+            from caphuman.commands.sample import pad_to_square
+            from caphuman.faces.detection import select_face
+            from caphuman.faces.images import load_image
+
+            image = pad_to_square(load_image(identity.path))
+            face = select_face(self.detector.detect(image), 0, str(identity.path))
+            head = self.head_prior.reconstruct(image, face_index=0)
+            self._identities[identity.identity_id] = PreparedIdentity(image, face, head)
+        return self._identities[identity.identity_id]
+
+    def reference_faces(self, identity: Identity) -> list:
+        """The pipeline's reference crops (recogniser + CLIP) of the identity's photo."""
+        if identity.identity_id not in self._reference_faces:
+            from caphuman.faces.reference import reference_face
+
+            pipe = self.pipeline
+            prepared = self.identity(identity)
+            self._reference_faces[identity.identity_id] = [
+                reference_face(prepared.image, prepared.face, pipe.face_recognizer, self._parser, clip_size=pipe.image_encoder.config.image_size)
+            ]
+        return self._reference_faces[identity.identity_id]
+
+    def requested_head(self, identity: Identity, condition: HeadCondition) -> HeadParams:
+        """The head parameters the condition asks for, for this identity."""
+        driver = None
+        if condition.driver is not None:
+            if condition.driver not in self._drivers:
+                from caphuman.commands.sample import pad_to_square
+                from caphuman.faces.images import load_image
+
+                self._drivers[condition.driver] = self.head_prior.reconstruct(pad_to_square(load_image(condition.driver)), face_index=0)
+            driver = self._drivers[condition.driver]
+        return condition.apply(self.identity(identity).head, driver)
+
+    def hint(self, identity: Identity, condition: HeadCondition) -> torch.Tensor:
+        """(1, 9, H, W) rendered head condition; the last one is cached (runs go condition by condition)."""
+        key = (identity.identity_id, condition.name)
+        if self._hint_key != key:
+            from caphuman.head.hint import render_hint
+
+            size = self.config.sampling.height
+            if self.config.sampling.width != size:
+                raise CapHumanError(f"The head condition is rendered square; set sampling.width = sampling.height (got {size}x{self.config.sampling.width}).")
+            self._hint = render_hint(self.head_prior, self.requested_head(identity, condition), image_size=size).hint
+            self._hint_key = key
+        return self._hint
+
+    def sample(self, request: GenerationRequest, hint: torch.Tensor, capface_strength: float, mask_gating: bool) -> list[Image.Image]:
+        """Run the pipeline once for all of ``request.seeds`` (one generator per seed)."""
+        sampling = self.config.sampling
+        generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in request.seeds]
+        output = self.pipeline(
+            request.prompt_text,
+            hint,
+            references=self.reference_faces(request.identity),
+            negative_prompt=sampling.negative_prompt,
+            num_images_per_prompt=len(request.seeds),
+            num_inference_steps=sampling.num_inference_steps,
+            guidance_scale=sampling.guidance_scale,
+            identity_guidance_scale=sampling.identity_guidance_scale,
+            capface_strength=capface_strength,
+            mask_gating=mask_gating,
+            tau=sampling.tau,
+            eta=sampling.eta,
+            reference_fusion=self.config.model.reference_fusion,
+            generator=generators,
+        )
+        return list(output.images)
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+            self._prior = None
+
+
+@register_method("caphuman", "CapHuman: identity + head condition (strength and gating from the config)")
+def caphuman_method(request: GenerationRequest, context: MethodContext) -> list[Image.Image]:
+    sampling = context.config.sampling
+    return context.sample(request, context.hint(request.identity, request.condition), sampling.capface_strength, sampling.mask_gating)
+
+
+@register_method("text-only", "plain Stable Diffusion on the same backbone: CapFace strength 0 (no identity, no head)")
+def text_only_method(request: GenerationRequest, context: MethodContext) -> list[Image.Image]:
+    hint = torch.zeros(1, 9, request.height, request.width)
+    return context.sample(request, hint, capface_strength=0.0, mask_gating=False)
+
+
+@register_method("caphuman-no-head", "CapHuman without the head branch: zero hint, CapFace on, no mask gating")
+def no_head_method(request: GenerationRequest, context: MethodContext) -> list[Image.Image]:
+    hint = torch.zeros(1, 9, request.height, request.width)
+    return context.sample(request, hint, context.config.sampling.capface_strength, mask_gating=False)
+
+
+DEFAULT_METHODS = ("caphuman", "text-only", "caphuman-no-head")
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "GenerationRequest",
+    "METHODS",
+    "MethodContext",
+    "MethodSpec",
+    "PreparedIdentity",
+    "get_method",
+    "register_method",
+]
