@@ -168,22 +168,22 @@ class CapHumanPipeline(DiffusionPipeline):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Guided noise prediction for (N, 4, h, w) latents; returns (noise, face_mask)."""
         model_input = self.scheduler.scale_model_input(latents, timestep)
-        capface_out = self.capface(model_input, timestep, id_tokens, hint)
-        down, mid = capface_out.gated_residuals(capface_strength, mask_gating)
+        down, mid, face_mask = self.capface_residuals(model_input, timestep, id_tokens, hint, capface_strength, mask_gating)
 
         if negative_embeds is None:  # no guidance: a single branch
             noise = self.unet(
                 model_input, timestep, encoder_hidden_states=text_embeds,
                 down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
             )[0]
-            return noise, capface_out.face_mask
+            return noise, face_mask
 
         branches_text = [negative_embeds, text_embeds]
         branches_down, branches_mid = [down, down], [mid, mid]
         if identity_guidance_scale is not None:
             # A third branch without identity: negative text and zeroed identity tokens.
-            no_id = self.capface(model_input, timestep, torch.zeros_like(id_tokens), hint)
-            down_no_id, mid_no_id = no_id.gated_residuals(capface_strength, mask_gating)
+            down_no_id, mid_no_id, _ = self.capface_residuals(
+                model_input, timestep, torch.zeros_like(id_tokens), hint, capface_strength, mask_gating
+            )
             branches_text.insert(0, negative_embeds)
             branches_down.insert(0, down_no_id)
             branches_mid.insert(0, mid_no_id)
@@ -192,8 +192,8 @@ class CapHumanPipeline(DiffusionPipeline):
             torch.cat([model_input] * count),
             timestep,
             encoder_hidden_states=torch.cat(branches_text),
-            down_block_additional_residuals=[torch.cat(parts) for parts in zip(*branches_down)],
-            mid_block_additional_residual=torch.cat(branches_mid),
+            down_block_additional_residuals=None if down is None else [torch.cat(parts) for parts in zip(*branches_down)],
+            mid_block_additional_residual=None if mid is None else torch.cat(branches_mid),
             return_dict=False,
         )[0].chunk(count)
         if identity_guidance_scale is None:
@@ -202,7 +202,20 @@ class CapHumanPipeline(DiffusionPipeline):
         else:
             no_identity, identity_only, cond = noise
             guided = no_identity + identity_guidance_scale * (identity_only - no_identity) + guidance_scale * (cond - identity_only)
-        return guided, capface_out.face_mask
+        return guided, face_mask
+
+    def capface_residuals(
+        self, model_input: torch.Tensor, timestep: torch.Tensor, id_tokens: torch.Tensor, hint: torch.Tensor,
+        strength: float, mask_gating: bool,
+    ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None, torch.Tensor]:
+        """CapFace's gated, scaled residuals and face mask; at strength 0 CapFace is skipped
+        (its residuals would all be multiplied by 0) and the mask is returned as zeros."""
+        if strength == 0:
+            batch, _, height, width = model_input.shape
+            return None, None, model_input.new_zeros(batch, 1, height, width)
+        output = self.capface(model_input, timestep, id_tokens, hint)
+        down, mid = output.gated_residuals(strength, mask_gating)
+        return down, mid, output.face_mask
 
     # 4. the loop ----------------------------------------------------------------------------
     @torch.no_grad()
