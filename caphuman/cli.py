@@ -20,6 +20,7 @@ EXIT_USER_ERROR = 2
 # sub-command -> module with add_arguments(parser) and run(args); the module docstring is its help.
 COMMANDS: dict[str, str] = {
     "sample": "caphuman.commands.sample",
+    "preprocess": "caphuman.commands.preprocess",
     "eval": "caphuman.commands.eval",
 }
 
