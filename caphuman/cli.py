@@ -20,6 +20,9 @@ EXIT_USER_ERROR = 2
 # sub-command -> module with add_arguments(parser) and run(args); the module docstring is its help.
 COMMANDS: dict[str, str] = {
     "sample": "caphuman.commands.sample",
+    "doctor": "caphuman.commands.doctor",
+    "download": "caphuman.commands.download",
+    "convert": "caphuman.commands.convert",
     "preprocess": "caphuman.commands.preprocess",
     "eval": "caphuman.commands.eval",
 }

@@ -73,9 +73,9 @@ class ModelConfig:
 
     backbone: str = "sd15"
     # SD 1.5 (or a fine-tune): a diffusers folder or a single .safetensors/.ckpt file.
-    stable_diffusion: str = "Realistic_Vision_V3.0.safetensors"
+    stable_diffusion: str = "Realistic_Vision_V3.0.ckpt"
     # Optional separate VAE (single file or diffusers folder); null keeps the checkpoint's own.
-    vae: Optional[str] = "vae-ft-mse-840000-ema-pruned.safetensors"
+    vae: Optional[str] = "vae-ft-mse-840000-ema-pruned.ckpt"
     # CLIP ViT-L/14 vision tower (a transformers folder) for the local identity features.
     clip_vision: str = "clip-vit-large-patch14"
     # Trained CapHuman parts (CapFace + projections) as written by `caphuman convert` or training;
