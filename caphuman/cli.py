@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "download": "caphuman.commands.download",
     "convert": "caphuman.commands.convert",
     "preprocess": "caphuman.commands.preprocess",
+    "train": "caphuman.commands.train",
     "eval": "caphuman.commands.eval",
 }
 

@@ -1,0 +1,247 @@
+"""Train CapFace + the identity projections on a preprocessed dataset (Lightning).
+
+Writes into training.output_dir: config.yaml (the resolved config and the command line),
+checkpoints/ (last.ckpt + every training.checkpoint_every steps), logs/ (TensorBoard + CSV),
+samples/ (validation grids) and adapter/ (the export that `caphuman sample` loads).
+
+Examples:
+  caphuman train --config configs/tiny_train.yaml
+  caphuman train --config configs/train_sd15.yaml training.data.root=data/celeba training.devices=8
+  caphuman train --config configs/train_sd15.yaml --resume           # continue from checkpoints/last.ckpt
+  caphuman train --config configs/train_sd15.yaml --export-only      # export last.ckpt to adapter/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from caphuman.errors import CapHumanError, ConfigError
+from caphuman.training.config import TrainConfig, load_train_config
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/train_sd15.yaml", help="training config (YAML)")
+    parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/last.ckpt")
+    parser.add_argument("--export-only", action="store_true", help="only export the last checkpoint to <output_dir>/adapter")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. training.max_steps=1000")
+
+
+@dataclass
+class RunPaths:
+    """Where a run writes, all under ``training.output_dir``."""
+
+    root: Path
+    checkpoints: Path = field(init=False)
+    logs: Path = field(init=False)
+    samples: Path = field(init=False)
+    adapter: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.checkpoints = self.root / "checkpoints"
+        self.logs = self.root / "logs"
+        self.samples = self.root / "samples"
+        self.adapter = self.root / "adapter"
+
+
+def resolve_resume(config: TrainConfig, paths: RunPaths) -> Path | None:
+    resume = config.training.resume
+    if resume is None:
+        return None
+    path = paths.checkpoints / LAST_CHECKPOINT if resume == "last" else Path(resume)
+    if not path.is_file():
+        raise CapHumanError(f"Cannot resume: checkpoint '{path}' does not exist.")
+    return path
+
+
+def default_datasets(config: TrainConfig, image_processor) -> tuple[Any, Callable[[list[dict]], dict], dict[str, Any]]:
+    """The preprocessed dataset (caphuman.data), its collate function and a validation batch."""
+    from caphuman.data.dataset import CapHumanDataset, ConditionDropout, collate
+
+    data = config.training.data
+    if not Path(data.root).exists():
+        raise CapHumanError(f"Dataset '{data.root}' does not exist; make it with `caphuman preprocess --images DIR --out {data.root}`.")
+    dropout = ConditionDropout(text=data.dropout.text, identity=data.dropout.identity, hint=data.dropout.hint)
+    train = CapHumanDataset(
+        data.root, image_size=data.image_size, clip_image_processor=image_processor, dropout=dropout,
+        seed=config.training.seed, shuffle=data.shuffle, repeat=False,
+    )
+    validation = CapHumanDataset(
+        data.root, image_size=data.image_size, clip_image_processor=image_processor,
+        dropout=ConditionDropout(text=0.0, identity=0.0, hint=0.0), seed=config.training.seed, shuffle=False, repeat=False,
+    )
+    records = []
+    for record in validation:
+        records.append(record)
+        if len(records) == config.training.validation.num_references:
+            break
+    if not records:
+        raise CapHumanError(f"Dataset '{data.root}' has no records.")
+    return train, collate, collate(records)
+
+
+def csv_version(paths: RunPaths, resume_from: Path | None) -> str:
+    if resume_from is None:
+        return "csv"
+    index = 1
+    while (paths.logs / f"csv_resume{index}").exists():
+        index += 1
+    return f"csv_resume{index}"
+
+
+def build_strategy(config: TrainConfig):
+    """Lightning strategy: "auto", "ddp" or "fsdp" (FSDP keeps the frozen backbone unsharded
+    parameters addressable with use_orig_params, and writes full-state checkpoints)."""
+    name = config.training.strategy
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(use_orig_params=True, state_dict_type="full")
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # Frozen modules have no gradients; only the adapter's parameters are reduced.
+        return DDPStrategy(find_unused_parameters=False)
+    return "auto"
+
+
+def check_config(config: TrainConfig) -> None:
+    training = config.training
+    if training.strategy == "fsdp" and training.ema.enabled:
+        raise ConfigError("training.ema.enabled is not supported with training.strategy=fsdp (sharded parameters); use ddp.")
+    if training.precision == "16-mixed" and not torch.cuda.is_available() and training.accelerator in ("auto", "cpu"):
+        raise ConfigError("training.precision=16-mixed needs a CUDA GPU; use 32-true or bf16-mixed on CPU.")
+
+
+def train(
+    config: TrainConfig,
+    datasets: tuple[Any, Callable[[list[dict]], dict], dict[str, Any] | None] | None = None,
+    extra_callbacks: Sequence[Any] = (),
+    backbone=None,
+    command: str | None = None,
+):
+    """Build everything from ``config`` and fit; returns the trained CapHumanTrainingModule.
+
+    Args:
+        config: the run config.
+        datasets: (train dataset, collate function, validation batch or None); default: the
+            preprocessed dataset at training.data.root (caphuman.data).
+        extra_callbacks: more Lightning callbacks (e.g. to record losses).
+        backbone: a prebuilt frozen backbone (default: built from model.* and training.weights_dir).
+        command: the command line, saved in config.yaml.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from caphuman.config import CapHumanConfig, save_config
+    from caphuman.loading import load_adapter, load_backbone
+    from caphuman.training.callbacks import EMACallback, ExportCallback, ValidationSamplesCallback
+    from caphuman.training.module import CapHumanTrainingModule, ResumableBatches
+
+    check_config(config)
+    training = config.training
+    paths = RunPaths(Path(training.output_dir))
+    resume_from = resolve_resume(config, paths)
+    pl.seed_everything(training.seed, workers=True, verbose=False)
+
+    model_config = CapHumanConfig(model=config.model, sampling=config.sampling)
+    backbone = backbone if backbone is not None else load_backbone(model_config, training.weights_dir)
+    adapter = load_adapter(model_config, backbone, training.weights_dir)
+    train_dataset, collate_fn, validation_batch = datasets if datasets is not None else default_datasets(config, backbone.image_processor)
+    batches = ResumableBatches(train_dataset, collate_fn, training.data.batch_size, training.data.num_workers)
+    module = CapHumanTrainingModule(config, backbone, adapter, batches)
+
+    callbacks: list[Any] = []
+    if training.ema.enabled:
+        callbacks.append(EMACallback(training.ema.decay))
+    if training.validation.every_n_steps and validation_batch is not None:
+        if training.strategy == "fsdp":
+            logger.warning("Validation grids are off under FSDP (sharded modules); sample from the export instead.")
+        else:
+            callbacks.append(ValidationSamplesCallback(config, validation_batch, paths.root))
+    if training.checkpoint_every:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=paths.checkpoints,
+                filename="step={step:07d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=training.checkpoint_every,
+                save_last=True,
+                # "step" is logged by Lightning; keeping the highest steps keeps the newest.
+                monitor="step",
+                mode="max",
+                save_top_k=2,
+            )
+        )
+    callbacks.append(ExportCallback(config, paths.root, every_n_steps=training.checkpoint_every))
+    callbacks.extend(extra_callbacks)
+
+    loggers = [
+        TensorBoardLogger(save_dir=paths.root, name="logs", version="tensorboard"),
+        # Lightning's CSV logger rewrites an existing metrics file, so a resumed run gets its own.
+        CSVLogger(save_dir=paths.root, name="logs", version=csv_version(paths, resume_from)),
+    ]
+    trainer = pl.Trainer(
+        accelerator="gpu" if training.accelerator == "cuda" else training.accelerator,
+        devices=training.devices,
+        num_nodes=training.num_nodes,
+        strategy=build_strategy(config),
+        precision=training.precision,
+        max_steps=training.max_steps,
+        max_epochs=-1,
+        callbacks=callbacks,
+        logger=loggers,
+        log_every_n_steps=training.log_every_n_steps,
+        gradient_clip_val=training.optimizer.gradient_clip or None,
+        enable_checkpointing=bool(training.checkpoint_every),
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        default_root_dir=paths.root,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    if trainer.is_global_zero:
+        facts = {"run": {"command": command or " ".join(sys.argv), "resumed_from": str(resume_from) if resume_from else None}}
+        save_config(config, paths.root / "config.yaml", extra=facts)
+    with warnings.catch_warnings():
+        # The frozen backbone is in eval mode on purpose (see CapHumanTrainingModule.train).
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+    if training.checkpoint_every and trainer.global_step % training.checkpoint_every:
+        # ModelCheckpoint saves every N steps only; keep the final state resumable too.
+        trainer.save_checkpoint(paths.checkpoints / LAST_CHECKPOINT)
+    return module
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise ConfigError(f"Overrides must look like key=value; got {bad[0]!r}.")
+    if args.resume:
+        overrides.append("training.resume=last")
+    config = load_train_config(args.config, overrides)
+    if args.export_only:
+        from caphuman.training.export import export_checkpoint
+
+        paths = RunPaths(Path(config.training.output_dir))
+        checkpoint = paths.checkpoints / LAST_CHECKPOINT
+        if not checkpoint.is_file():
+            raise CapHumanError(f"Nothing to export: '{checkpoint}' does not exist.")
+        export_checkpoint(checkpoint, paths.adapter, config)
+        return 0
+    train(config, command=" ".join(["caphuman", "train", *sys.argv[2:]]) if sys.argv else None)
+    logger.info("Training done; the adapter is in %s", Path(config.training.output_dir) / "adapter")
+    return 0
