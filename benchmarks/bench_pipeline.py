@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import resource
+import threading
 import time
+
+import psutil
 
 import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
@@ -27,10 +29,33 @@ from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+class PeakMemory:
+    """Peak memory while the block runs: CUDA's allocator peak, or on CPU the process's resident
+    set sampled every 5 ms (the process max RSS would carry the other pipeline's peak over)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        process = psutil.Process()
+        while not self._stop.wait(0.005):
+            self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
 
 
 class StepTimer:
@@ -116,10 +141,9 @@ def main() -> None:
     with torch.inference_mode():
         for name, call in (("diffusers ControlNet", run_theirs), ("caphuman", run_ours)):
             gc.collect()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            per_step, per_call = time_call(call, timer, args.repeats)
-            results[name] = (per_step, per_call, peak_memory_mb(device))
+            with PeakMemory(device) as memory:
+                per_step, per_call = time_call(call, timer, args.repeats)
+            results[name] = (per_step, per_call, memory.peak_mb)
 
     print(f"device={device} dtype={args.dtype} size={args.size} steps={args.steps} guidance={args.guidance_scale} threads={torch.get_num_threads()}")
     print(f"{'pipeline':<22}{'s/step':>10}{'s/call':>10}{'peak MB':>12}")
@@ -128,7 +152,7 @@ def main() -> None:
     ratio = results["caphuman"][0] / results["diffusers ControlNet"][0]
     print(f"ratio caphuman/diffusers (s/step): {ratio:.3f}")
     if device.type == "cpu":
-        print("note: CPU peak memory is the process's max RSS, so the second pipeline's figure includes the first's.")
+        print("note: CPU peak memory is the resident set while that pipeline ran; both share the backbone's weights.")
 
 
 if __name__ == "__main__":
