@@ -173,13 +173,20 @@ def _format_omegaconf_error(error: OmegaConfBaseException, source: str) -> str:
     return f"{source}: {message}"
 
 
-def load_structured(schema: type, path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None):
+def load_structured(
+    schema: type,
+    path: str | os.PathLike | None = None,
+    overrides: dict | list[str] | None = None,
+    other_sections: tuple[str, ...] = (),
+):
     """Build a ``schema`` dataclass from defaults, a YAML file and overrides, validated.
 
     Args:
         schema: a config dataclass type (e.g. :class:`CapHumanConfig`).
         path: a YAML file; missing keys keep their defaults.
         overrides: a nested dict, or dotlist strings such as ``["sampling.num_inference_steps=2"]``.
+        other_sections: top-level keys of the file that belong to a larger schema and are ignored
+            here (a training config holds ``training`` next to ``model`` and ``sampling``).
     Raises:
         ConfigError: unknown key, wrong type, invalid value, or unreadable file.
     """
@@ -189,7 +196,10 @@ def load_structured(schema: type, path: str | os.PathLike | None = None, overrid
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"Config file '{path}' does not exist.")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            for section in other_sections:
+                loaded.pop(section, None)
+            merged = OmegaConf.merge(merged, loaded)
         if overrides:
             extra = OmegaConf.from_dotlist(list(overrides)) if isinstance(overrides, list) else OmegaConf.create(overrides)
             merged = OmegaConf.merge(merged, extra)
@@ -203,8 +213,9 @@ def load_structured(schema: type, path: str | os.PathLike | None = None, overrid
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> CapHumanConfig:
-    """Load a :class:`CapHumanConfig` (see :func:`load_structured`)."""
-    return load_structured(CapHumanConfig, path, overrides)
+    """Load a :class:`CapHumanConfig` (see :func:`load_structured`); a training config's
+    ``training`` section is ignored, so one file can drive preprocessing, training and sampling."""
+    return load_structured(CapHumanConfig, path, overrides, other_sections=("training",))
 
 
 def config_to_dict(config: Any) -> dict:

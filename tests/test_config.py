@@ -66,3 +66,10 @@ def test_saved_config_loads_back_equal(tmp_path):
     reloaded_path.write_text(yaml.safe_dump(data))
     assert load_config(reloaded_path) == config
     assert isinstance(config, CapHumanConfig)
+
+
+def test_training_config_serves_as_model_config_for_other_commands():
+    config = load_config(CONFIGS / "tiny_train.yaml")
+    assert config.model == load_config(CONFIGS / "tiny.yaml").model
+    with pytest.raises(ConfigError, match="unknown key 'trainingg'"):
+        load_config(CONFIGS / "tiny.yaml", ["trainingg.max_steps=3"])
