@@ -1,13 +1,16 @@
-"""Training: exact resume, the loss (with its mask term), frozen backbone, export -> sampling.
+"""Training: exact resume (with DataLoader workers), the loss (with its mask term), frozen
+backbone, export -> sampling, and the datasets the batch stream accepts.
 
-Data is a small synthetic in-memory dataset that yields the same records as
-caphuman.data.dataset.CapHumanDataset (smooth random images, a disc-shaped face mask and hint),
-deterministic per (seed, epoch), so the tests need no preprocessing run.
+Data is a small dataset in the real format (caphuman.data: tar shards + index) written directly
+with ShardWriter from synthetic arrays (smooth images, a disc-shaped face mask and hint), so the
+tests read it through the real CapHumanDataset without running the face models.
+tests/test_train_end_to_end.py covers the path from real photos through `caphuman preprocess`.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 
 import lightning.pytorch as pl
 import numpy as np
@@ -17,63 +20,61 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from caphuman.commands.train import train
+from caphuman.data.dataset import CapHumanDataset, ConditionDropout, collate
+from caphuman.data.records import FaceRecord, record_key
+from caphuman.data.shards import ShardWriter
+from caphuman.models.adapter import CapHumanAdapter
 from caphuman.training.config import load_train_config
 
 IMAGE_SIZE = 64
-CLIP_SIZE = 32
 EMBED_DIM = 512
+NUM_RECORDS = 10
+SHARD_SIZE = 3  # -> 4 shards: with 2 DataLoader workers each reads whole shards
 CAPTIONS = ["a photo of a person", "a portrait, smiling", "a person outdoors"]
 
 
-class SyntheticRecords(IterableDataset):
-    """``count`` fixed records; each epoch a seeded permutation and seeded dropout flags."""
-
-    def __init__(self, count: int = 10, seed: int = 0, drop_identity: float = 0.3, drop_hint: float = 0.2):
-        self.count, self.seed, self.epoch = count, seed, 0
-        self.drop_identity, self.drop_hint = drop_identity, drop_hint
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def record(self, index: int) -> dict:
-        generator = torch.Generator().manual_seed(1000 + index)
-        image = F.interpolate(torch.rand(1, 3, 8, 8, generator=generator), size=IMAGE_SIZE, mode="bilinear")[0] * 2 - 1
-        centre = torch.rand(2, generator=generator) * 24 + 20
-        ys, xs = torch.meshgrid(torch.arange(IMAGE_SIZE), torch.arange(IMAGE_SIZE), indexing="ij")
-        mask = (((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2) < 14**2).float()[None]
-        hint = torch.rand(9, 1, 1, generator=generator) * mask
-        embedding = torch.randn(1, EMBED_DIM, generator=generator)
-        return {
-            "pixel_values": image,
-            "clip_pixel_values": torch.randn(1, 3, CLIP_SIZE, CLIP_SIZE, generator=generator),
-            "face_embeds": embedding / embedding.norm(),
-            "face_mask": mask,
-            "hint": hint,
-            "caption": CAPTIONS[index % len(CAPTIONS)],
-            "key": f"record{index:03d}",
-        }
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        for index in torch.randperm(self.count, generator=generator).tolist():
-            record = self.record(index)
-            record["drop_identity"] = bool(torch.rand(1, generator=generator) < self.drop_identity)
-            record["drop_hint"] = bool(torch.rand(1, generator=generator) < self.drop_hint)
-            yield record
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model's tensors gain nothing from a second thread, and on a shared 2-core machine
+    OpenMP's per-op barriers stall whenever the other core is busy (measured with a neighbour
+    using both cores: one tiny 4-step sample took 0.08 s on 1 thread, 11.7 s on 2)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
-def collate(records: list[dict]) -> dict:
-    batch = {key: torch.stack([r[key] for r in records]) for key in ("pixel_values", "clip_pixel_values", "face_embeds", "face_mask", "hint")}
-    batch["caption"] = [r["caption"] for r in records]
-    batch["key"] = [r["key"] for r in records]
-    for key in ("drop_identity", "drop_hint"):
-        batch[key] = torch.tensor([r[key] for r in records])
-    return batch
+def synthetic_record(index: int) -> FaceRecord:
+    rng = np.random.default_rng(1000 + index)
+    coarse = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    image = F.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=IMAGE_SIZE, mode="bilinear")[0]
+    centre = rng.uniform(20, 44, 2)
+    ys, xs = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
+    mask = (((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2) < 14**2).astype(np.uint8)
+    hint = (rng.uniform(0, 1, (9, 1, 1)) * mask[None]).astype(np.float16)
+    embedding = rng.standard_normal(EMBED_DIM).astype(np.float32)
+    return FaceRecord(
+        key=record_key(f"person_{index:03d}.jpg"),
+        image=image.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy(),
+        clip_crop=rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        face_embedding=embedding / np.linalg.norm(embedding),
+        face_mask=mask,
+        hint=hint,
+        head_params={name: np.zeros(3, np.float32) for name in ("shape", "expression", "jaw", "rotation", "camera", "albedo")}
+        | {"lighting": np.zeros((9, 3), np.float32), "backend": np.array("builtin")},
+        caption=CAPTIONS[index % len(CAPTIONS)],
+        source=f"person_{index:03d}.jpg",
+    )
 
 
-def validation_batch() -> dict:
-    records = [SyntheticRecords().record(index) for index in (0, 1)]
-    return collate([{**record, "drop_identity": False, "drop_hint": False} for record in records])
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training_data")
+    writer = ShardWriter(root, shard_size=SHARD_SIZE)
+    for index in range(NUM_RECORDS):
+        writer.add_record(synthetic_record(index))
+    writer.commit()
+    return root
 
 
 class LossRecorder(pl.Callback):
@@ -86,9 +87,10 @@ class LossRecorder(pl.Callback):
         self.losses.append((trainer.global_step, float(outputs["loss"])))
 
 
-def tiny_config(output_dir, **overrides):
+def tiny_config(output_dir, dataset_root="unused", **overrides):
     values = {
         "training.output_dir": str(output_dir),
+        "training.data.root": str(dataset_root),
         "training.max_steps": 5,
         "training.checkpoint_every": 2,
         "training.validation.every_n_steps": 0,
@@ -98,22 +100,23 @@ def tiny_config(output_dir, **overrides):
     return load_train_config("configs/tiny_train.yaml", [f"{key}={value}" for key, value in values.items()])
 
 
-def run(config, backbone, recorder=None):
-    # 10 records, batch 4 (drop_last): 2 batches per epoch, so 5 steps cross 2 epoch boundaries.
-    datasets = (SyntheticRecords(), collate, validation_batch())
-    return train(config, datasets=datasets, extra_callbacks=[recorder] if recorder else [], backbone=backbone, command="pytest")
+def run(config, backbone, *callbacks):
+    return train(config, extra_callbacks=list(callbacks), backbone=backbone, command="pytest")
 
 
-def test_resume_continues_with_exactly_the_same_losses(tmp_path, tiny_backbone):
+def test_resume_with_dataloader_workers_continues_with_exactly_the_same_losses(tmp_path, tiny_backbone, dataset_root):
+    # Batch 4 from 2 workers over 4 shards (6 and 4 records per worker and epoch): every worker
+    # crosses an epoch boundary within 5 steps, and the resume starts mid-stream at step 3.
+    options = {"training.data.num_workers": 2, "training.data.dropout.identity": 0.3, "training.data.dropout.hint": 0.2}
     full_recorder = LossRecorder()
-    full = run(tiny_config(tmp_path / "full"), tiny_backbone, full_recorder)
+    full = run(tiny_config(tmp_path / "full", dataset_root, **options), tiny_backbone, full_recorder)
 
     first_recorder = LossRecorder()
-    # Stops at 3 with checkpoints every 2: the resume starts from the final save, mid-epoch.
-    run(tiny_config(tmp_path / "split", **{"training.max_steps": 3}), tiny_backbone, first_recorder)
+    # Stops at 3 with checkpoints every 2: the resume starts from the final save, not a periodic one.
+    run(tiny_config(tmp_path / "split", dataset_root, **options, **{"training.max_steps": 3}), tiny_backbone, first_recorder)
     assert torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     second_recorder = LossRecorder()
-    resumed = run(tiny_config(tmp_path / "split", **{"training.resume": "last"}), tiny_backbone, second_recorder)
+    resumed = run(tiny_config(tmp_path / "split", dataset_root, **options, **{"training.resume": "last"}), tiny_backbone, second_recorder)
 
     assert [step for step, _ in full_recorder.losses] == [1, 2, 3, 4, 5]
     assert first_recorder.losses + second_recorder.losses == full_recorder.losses
@@ -122,21 +125,21 @@ def test_resume_continues_with_exactly_the_same_losses(tmp_path, tiny_backbone):
     for (name, a), (_, b) in zip(full.adapter.state_dict().items(), resumed.adapter.state_dict().items()):
         assert torch.equal(a, b), name
     # The EMA (on in tiny_train.yaml) was restored too: both exports are identical.
-    from caphuman.models.adapter import CapHumanAdapter
-
     exported_full = CapHumanAdapter.from_pretrained(tmp_path / "full" / "adapter").state_dict()
     exported_resumed = CapHumanAdapter.from_pretrained(tmp_path / "split" / "adapter").state_dict()
     assert all(torch.equal(exported_full[k], exported_resumed[k]) for k in exported_full)
     assert not torch.equal(exported_full["capface.controlnet_mid_block.weight"], full.adapter.state_dict()["capface.controlnet_mid_block.weight"])
+    # The endless streams' DataLoader workers ended with their runs.
+    assert multiprocessing.active_children() == []
 
 
-def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_backbone):
+def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_backbone, dataset_root):
     """Recompute one batch's loss by hand (closed-form noising, manual projections)."""
-    from caphuman.loading import load_adapter
     from caphuman.config import CapHumanConfig
+    from caphuman.loading import load_adapter
     from caphuman.training.module import CapHumanTrainingModule, step_generator
 
-    config = tiny_config("unused", **{"training.mask_loss_weight": 0.7})
+    config = tiny_config("unused", dataset_root, **{"training.mask_loss_weight": 0.7})
     adapter = load_adapter(CapHumanConfig(model=config.model), tiny_backbone, "checkpoints")
     # Non-zero zero-convs and mask head, so every path of the loss carries signal.
     with torch.no_grad():
@@ -144,10 +147,11 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
         for parameter in adapter.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
     module = CapHumanTrainingModule(config, tiny_backbone, adapter)
-    dataset = SyntheticRecords(drop_identity=0.5, drop_hint=0.5)
-    records = list(dataset)[:4]
-    records[0]["drop_hint"], records[1]["drop_hint"] = True, False
-    records[0]["drop_identity"], records[1]["drop_identity"] = False, True
+    dataset = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.image_processor,
+                              dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False)
+    records = [record for record, _ in zip(dataset, range(4))]
+    records[0]["drop_hint"], records[2]["drop_hint"] = torch.tensor(True), torch.tensor(True)
+    records[1]["drop_identity"], records[2]["drop_identity"] = torch.tensor(True), torch.tensor(True)
     batch = collate(records)
     terms = module.compute_loss(batch, step_generator(0, 5))
 
@@ -188,7 +192,7 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
     torch.testing.assert_close(terms.total, noise_loss + 0.7 * mask_loss, rtol=1e-5, atol=1e-6)
 
 
-def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_path, tiny_backbone):
+def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_path, tiny_backbone, dataset_root):
     from caphuman.conditions.identity import IdentityInputs
     from caphuman.config import load_config
     from caphuman.loading import build_pipeline
@@ -199,7 +203,7 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
     frozen_before = {
         name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in tiny_backbone.modules().items()
     }
-    config = tiny_config(tmp_path / "run", **{"training.max_steps": 4, "training.validation.every_n_steps": 2})
+    config = tiny_config(tmp_path / "run", dataset_root, **{"training.max_steps": 4, "training.validation.every_n_steps": 2})
     initial = None
 
     class Snapshot(pl.Callback):
@@ -218,8 +222,11 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
 
     # Sampling through caphuman.loading with the export == sampling with the in-memory EMA weights.
-    identity = IdentityInputs(validation_batch()["face_embeds"][:1], validation_batch()["clip_pixel_values"][:1])
-    hint = validation_batch()["hint"][:1]
+    reference = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.image_processor,
+                                dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False)
+    record = next(iter(reference))
+    identity = IdentityInputs(record["face_embeds"][None], record["clip_pixel_values"][None])
+    hint = record["hint"][None]
     sample_config = load_config(tmp_path / "run" / "adapter" / "sample_config.yaml")
     exported = build_pipeline(sample_config, weights_dir=tmp_path, device="cpu", with_recognizer=False)
     exported.set_progress_bar_config(disable=True)
@@ -238,8 +245,6 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
         from_memory = in_memory("a photo of a person", hint, generator=torch.Generator().manual_seed(0), **kwargs).images
     assert from_export.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and all(math.isfinite(v) for v in from_export.ravel()[:100])
     # The exported weights are bit-identical to the in-memory EMA weights ...
-    from caphuman.models.adapter import CapHumanAdapter
-
     exported_state = CapHumanAdapter.from_pretrained(tmp_path / "run" / "adapter").state_dict()
     with ema.applied(module.adapter):
         in_memory_state = {k: v.clone() for k, v in module.adapter.state_dict().items()}
@@ -249,6 +254,26 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
     assert from_export.std() > 0.01  # not a constant image
 
 
+class OnePassRecords(IterableDataset):
+    """A custom dataset read one finite pass per epoch, with set_epoch but no skip_batches."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        yield from ({"value": torch.tensor(index)} for index in range(5))
+
+
+def test_training_refuses_a_dataset_it_could_not_resume_exactly(tmp_path, tiny_backbone, dataset_root):
+    with pytest.raises(TypeError, match=r"OnePassRecords\) must be endless \(repeat=True\) with skip_batches"):
+        train(tiny_config(tmp_path / "run"), datasets=(OnePassRecords(), collate, None), backbone=tiny_backbone)
+    # CapHumanDataset read one pass per epoch is refused too: only the endless one skips exactly.
+    finite = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, repeat=False)
+    with pytest.raises(TypeError, match="CapHumanDataset"):
+        train(tiny_config(tmp_path / "run"), datasets=(finite, collate, None), backbone=tiny_backbone)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_bad_training_config_values_name_the_key(tmp_path):
     from caphuman.errors import ConfigError
 
@@ -256,3 +281,11 @@ def test_bad_training_config_values_name_the_key(tmp_path):
         tiny_config(tmp_path, **{"training.optimizer.lr": -1})
     with pytest.raises(ConfigError, match="training.strategy"):
         tiny_config(tmp_path, **{"training.strategy": "horovod"})
+
+
+def test_the_documented_preprocess_config_has_the_tiny_training_model():
+    """configs/tiny_train.yaml tells users to preprocess with configs/tiny.yaml: same recogniser,
+    embedding size and head prior, or the records would not fit the model."""
+    from caphuman.config import load_config
+
+    assert load_config("configs/tiny.yaml").model == load_train_config("configs/tiny_train.yaml").model

@@ -66,28 +66,28 @@ def resolve_resume(config: TrainConfig, paths: RunPaths) -> Path | None:
 
 
 def default_datasets(config: TrainConfig, image_processor) -> tuple[Any, Callable[[list[dict]], dict], dict[str, Any]]:
-    """The preprocessed dataset (caphuman.data), its collate function and a validation batch."""
+    """The preprocessed dataset at training.data.root (caphuman.data), its collate function and a
+    validation batch (the first ``validation.num_references`` records, without dropout).
+
+    The training dataset is endless (``repeat=True``): it moves to the next epoch's order and
+    dropout by itself, and :meth:`CapHumanDataset.skip_batches` makes resuming exact.
+    """
     from caphuman.data.dataset import CapHumanDataset, ConditionDropout, collate
 
     data = config.training.data
     if not Path(data.root).exists():
         raise CapHumanError(f"Dataset '{data.root}' does not exist; make it with `caphuman preprocess --images DIR --out {data.root}`.")
+    common = dict(image_size=data.image_size, clip_image_processor=image_processor, seed=config.training.seed)
     dropout = ConditionDropout(text=data.dropout.text, identity=data.dropout.identity, hint=data.dropout.hint)
-    train = CapHumanDataset(
-        data.root, image_size=data.image_size, clip_image_processor=image_processor, dropout=dropout,
-        seed=config.training.seed, shuffle=data.shuffle, repeat=False,
-    )
-    validation = CapHumanDataset(
-        data.root, image_size=data.image_size, clip_image_processor=image_processor,
-        dropout=ConditionDropout(text=0.0, identity=0.0, hint=0.0), seed=config.training.seed, shuffle=False, repeat=False,
-    )
+    train = CapHumanDataset(data.root, dropout=dropout, shuffle=data.shuffle, repeat=True, **common)
+    validation = CapHumanDataset(data.root, dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False, repeat=False, **common)
+    # Read in this process only: the grid's references are the same on every rank.
+    validation.set_distributed(0, 1)
     records = []
     for record in validation:
         records.append(record)
         if len(records) == config.training.validation.num_references:
             break
-    if not records:
-        raise CapHumanError(f"Dataset '{data.root}' has no records.")
     return train, collate, collate(records)
 
 
@@ -136,7 +136,9 @@ def train(
     Args:
         config: the run config.
         datasets: (train dataset, collate function, validation batch or None); default: the
-            preprocessed dataset at training.data.root (caphuman.data).
+            preprocessed dataset at training.data.root (:func:`default_datasets`). A custom
+            dataset must be endless with ``skip_batches``, like CapHumanDataset(repeat=True)
+            (see :func:`caphuman.training.module.check_endless_dataset`).
         extra_callbacks: more Lightning callbacks (e.g. to record losses).
         backbone: a prebuilt frozen backbone (default: built from model.* and training.weights_dir).
         command: the command line, saved in config.yaml.
@@ -218,10 +220,16 @@ def train(
     with warnings.catch_warnings():
         # The frozen backbone is in eval mode on purpose (see CapHumanTrainingModule.train).
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+        if resume_from is not None:
+            # A resumed run writes into its own checkpoint folder on purpose.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        try:
+            trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+        finally:
+            batches.close()
     if training.checkpoint_every and trainer.global_step % training.checkpoint_every:
         # ModelCheckpoint saves every N steps only; keep the final state resumable too.
-        trainer.save_checkpoint(paths.checkpoints / LAST_CHECKPOINT)
+        trainer.save_checkpoint(paths.checkpoints / LAST_CHECKPOINT, weights_only=False)
     return module
 
 

@@ -204,12 +204,15 @@ class ExportCallback(pl.Callback):
         self.config = config
         self.output_dir = Path(output_dir)
         self.every_n_steps = every_n_steps
+        self._exported_step = -1
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from caphuman.training.export import export_adapter
 
-        if not trainer.is_global_zero:
+        # The last step is often also a periodic one: its weights are on disk already.
+        if not trainer.is_global_zero or trainer.global_step == self._exported_step:
             return
+        self._exported_step = trainer.global_step
         with trained_weights(trainer, pl_module.adapter):
             export_adapter(
                 pl_module.adapter,

@@ -22,7 +22,7 @@ GPU runs draw the same numbers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import lightning.pytorch as pl
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 FROZEN_MODULES = ("unet", "vae", "text_encoder", "image_encoder")
 ADAPTER_PREFIX = "adapter."
-CHECKPOINT_DATA_KEY = "caphuman_data_position"
+CHECKPOINT_DATA_KEY = "caphuman_data_layout"
 CHECKPOINT_ADAPTER_CONFIG_KEY = "caphuman_adapter_config"
 
 
@@ -64,14 +64,56 @@ class LossTerms:
     mask: torch.Tensor
 
 
-class ResumableBatches:
-    """An endless stream of collated batches over epochs of a deterministic dataset.
+def check_endless_dataset(dataset: IterableDataset) -> None:
+    """Raise TypeError unless ``dataset`` can feed an exactly resumable training run.
 
-    Epoch ``e`` is ``dataset.set_epoch(e)`` then one pass through a DataLoader (the dataset shuffles
-    per (seed, epoch) and shards itself by worker and rank). On (re)start the stream skips the
-    batches already trained on, ``start_batch()`` of them: whole epochs whose length is known are
-    skipped without reading; the rest of the current epoch is read and dropped. With the same
-    batch size and worker count, a resumed run sees exactly the batches an uninterrupted run sees.
+    That needs an endless dataset (``repeat`` true) with ``skip_batches(num_batches,
+    batch_size)``, such as :class:`caphuman.data.dataset.CapHumanDataset` with ``repeat=True``:
+    its order and dropout are functions of (seed, epoch), and because no DataLoader worker ever
+    runs out of data, its skip is exact for any number of workers (near the end of a finite
+    epoch it would not be: the DataLoader's order then depends on which worker ran out first).
+    """
+    if not (getattr(dataset, "repeat", False) and callable(getattr(dataset, "skip_batches", None))):
+        raise TypeError(
+            f"The training dataset ({type(dataset).__name__}) must be endless (repeat=True) with skip_batches(num_batches, "
+            "batch_size), as caphuman.data.dataset.CapHumanDataset(repeat=True) is, so that resuming is exact."
+        )
+
+
+@dataclass
+class StreamLayout:
+    """What decides which batch comes when: a resume is exact only with the same layout."""
+
+    batch_size: int
+    num_workers: int
+    world_size: int
+
+    def differences(self, other: "StreamLayout") -> list[str]:
+        return [
+            f"{name} {getattr(other, name)} -> {getattr(self, name)}"
+            for name in ("batch_size", "num_workers", "world_size")
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+class ResumableBatches:
+    """The endless stream of collated training batches, which starts at any step without reading
+    the batches before it.
+
+    The dataset moves from epoch to epoch by itself (see :func:`check_endless_dataset`), so one
+    DataLoader serves the whole run. On (re)start the stream asks the dataset to skip the
+    ``start_batch()`` batches already trained on (``dataset.skip_batches``), which reads nothing
+    and needs no data state in the checkpoint.
+
+    Args:
+        dataset: endless training IterableDataset (it shards itself by DataLoader worker and rank).
+        collate_fn: list of samples -> batch dict.
+        batch_size, num_workers: per device.
+        start_batch: returns how many batches were already trained on (the global step).
+        distributed: returns (rank, world_size), given to ``dataset.set_distributed`` when the
+            dataset has it (None: the dataset finds them itself).
+    Raises:
+        TypeError: the dataset is not endless or has no ``skip_batches``.
     """
 
     def __init__(
@@ -81,57 +123,48 @@ class ResumableBatches:
         batch_size: int,
         num_workers: int,
         start_batch: Callable[[], int] = lambda: 0,
+        distributed: Callable[[], tuple[int, int]] | None = None,
     ):
+        check_endless_dataset(dataset)
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.start_batch = start_batch
-        # epoch -> number of batches it gave, filled as epochs complete; saved in checkpoints.
-        self.epoch_lengths: dict[int, int] = {}
+        self.distributed = distributed
+        self._active: Iterator[dict] | None = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch_lengths": {int(k): int(v) for k, v in self.epoch_lengths.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch_lengths = {int(k): int(v) for k, v in state.get("epoch_lengths", {}).items()}
-
-    def _epoch_batches(self, epoch: int) -> Iterator[dict]:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        loader = DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            collate_fn=self.collate_fn,
-            num_workers=self.num_workers,
-            drop_last=True,
-            persistent_workers=False,
-        )
-        return iter(loader)
+    def layout(self) -> StreamLayout:
+        world_size = self.distributed()[1] if self.distributed is not None else 1
+        return StreamLayout(self.batch_size, self.num_workers, world_size)
 
     def __iter__(self) -> Iterator[dict]:
-        to_skip = int(self.start_batch())
-        epoch = 0
-        while epoch in self.epoch_lengths and to_skip >= self.epoch_lengths[epoch]:
-            to_skip -= self.epoch_lengths[epoch]
-            epoch += 1
-        if to_skip or epoch:
-            logger.info("Resuming the data stream at epoch %d, batch %d.", epoch, to_skip)
-        while True:
-            count = 0
-            for batch in self._epoch_batches(epoch):
-                count += 1
-                if count <= to_skip:
-                    continue
-                yield batch
-            if count == 0:
-                raise CapHumanError(
-                    f"The training dataset gave no full batch of {self.batch_size} in epoch {epoch}; "
-                    "add records or lower training.data.batch_size."
-                )
-            self.epoch_lengths[epoch] = count
-            to_skip = 0
-            epoch += 1
+        self.close()
+        self._active = self._batches()
+        return self._active
+
+    def close(self) -> None:
+        """End the running stream, which stops its DataLoader workers (an endless stream is never
+        exhausted, so without this they would live as long as the trainer that holds it)."""
+        active, self._active = self._active, None
+        if active is not None:
+            active.close()
+
+    def _batches(self) -> Iterator[dict]:
+        if self.distributed is not None and hasattr(self.dataset, "set_distributed"):
+            self.dataset.set_distributed(*self.distributed())
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(0)
+        start = int(self.start_batch())
+        # Called at step 0 too: it clears a skip left from an earlier iteration.
+        self.dataset.skip_batches(start, self.batch_size)
+        if start:
+            logger.info("Resuming the data stream after %d batches of %d.", start, self.batch_size)
+        # Workers copy the dataset when this iterator starts, with its epoch and skip; persistent
+        # workers would keep stale copies.
+        yield from DataLoader(
+            self.dataset, batch_size=self.batch_size, collate_fn=self.collate_fn, num_workers=self.num_workers, persistent_workers=False
+        )
 
 
 class CapHumanTrainingModule(pl.LightningModule):
@@ -161,7 +194,9 @@ class CapHumanTrainingModule(pl.LightningModule):
         self.adapter = adapter
         self.batches = batches
         if batches is not None:
+            # Read when the stream starts, i.e. after Lightning restored a checkpoint's step.
             batches.start_batch = lambda: self.global_step
+            batches.distributed = lambda: (self.global_rank, self.trainer.world_size)
         for name in FROZEN_MODULES:
             getattr(self, name).requires_grad_(False).eval()
         self.adapter.requires_grad_(True)
@@ -287,20 +322,28 @@ class CapHumanTrainingModule(pl.LightningModule):
     # ---- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the trained adapter (the frozen backbone comes from its own files), the data
-        stream's epoch lengths, and the adapter's architecture so a checkpoint exports alone."""
+        stream's layout (to warn when a resume changes it) and the adapter's architecture, so
+        that a checkpoint exports alone. The data position is the global step itself."""
         checkpoint["state_dict"] = {
             key: value for key, value in checkpoint["state_dict"].items() if key.startswith(ADAPTER_PREFIX)
         }
         if self.batches is not None:
-            checkpoint[CHECKPOINT_DATA_KEY] = self.batches.state_dict()
+            checkpoint[CHECKPOINT_DATA_KEY] = asdict(self.batches.layout())
         checkpoint[CHECKPOINT_ADAPTER_CONFIG_KEY] = {
             "capface": dict(self.adapter.capface.config),
             "identity_encoder": dict(self.adapter.identity_encoder.config),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.batches is not None and CHECKPOINT_DATA_KEY in checkpoint:
-            self.batches.load_state_dict(checkpoint[CHECKPOINT_DATA_KEY])
+        saved = checkpoint.get(CHECKPOINT_DATA_KEY)
+        if self.batches is None or saved is None:
+            return
+        changed = self.batches.layout().differences(StreamLayout(**saved))
+        if changed:
+            logger.warning(
+                "Resuming with a different data layout (%s): training continues, but not with the batches an "
+                "uninterrupted run would have seen.", ", ".join(changed),
+            )
 
 
-__all__ = ["CapHumanTrainingModule", "LossTerms", "ResumableBatches", "step_generator"]
+__all__ = ["CapHumanTrainingModule", "LossTerms", "ResumableBatches", "StreamLayout", "check_endless_dataset", "step_generator"]
