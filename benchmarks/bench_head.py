@@ -11,7 +11,6 @@ import logging
 import statistics
 import time
 
-import numpy as np
 import skimage.data
 import skimage.io
 import torch

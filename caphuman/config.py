@@ -27,12 +27,12 @@ ATTENTION_BACKENDS = ("sdpa", "xformers")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{value}'.")
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
 
@@ -95,12 +95,12 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("model.backbone", self.backbone, BACKBONES)
-        _check_choice("model.face_recognizer", self.face_recognizer, FACE_RECOGNIZERS)
-        _check_choice("model.head_prior", self.head_prior, HEAD_PRIORS)
-        _check_choice("model.reference_fusion", self.reference_fusion, REFERENCE_FUSIONS)
+        check_choice("model.backbone", self.backbone, BACKBONES)
+        check_choice("model.face_recognizer", self.face_recognizer, FACE_RECOGNIZERS)
+        check_choice("model.head_prior", self.head_prior, HEAD_PRIORS)
+        check_choice("model.reference_fusion", self.reference_fusion, REFERENCE_FUSIONS)
         for name in ("face_embedding_dim", "clip_embedding_dim", "cross_attention_dim"):
-            _check_positive(f"model.{name}", getattr(self, name))
+            check_positive(f"model.{name}", getattr(self, name))
         if self.backbone == "tiny":
             for name, tiny_name in (("cross_attention_dim", "cross_attention_dim"), ("clip_embedding_dim", "vision_hidden_size")):
                 if getattr(self, name) != getattr(self.tiny, tiny_name):
@@ -137,16 +137,16 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         from caphuman.schedulers import SCHEDULERS
 
-        _check_choice("sampling.scheduler", self.scheduler, tuple(SCHEDULERS))
-        _check_choice("sampling.dtype", self.dtype, DTYPES)
-        _check_choice("sampling.attention", self.attention, ATTENTION_BACKENDS)
-        _check_positive("sampling.num_inference_steps", self.num_inference_steps)
-        _check_positive("sampling.guidance_scale", self.guidance_scale, allow_zero=True)
-        _check_positive("sampling.capface_strength", self.capface_strength, allow_zero=True)
-        _check_positive("sampling.num_images", self.num_images)
-        _check_positive("sampling.eta", self.eta, allow_zero=True)
+        check_choice("sampling.scheduler", self.scheduler, tuple(SCHEDULERS))
+        check_choice("sampling.dtype", self.dtype, DTYPES)
+        check_choice("sampling.attention", self.attention, ATTENTION_BACKENDS)
+        check_positive("sampling.num_inference_steps", self.num_inference_steps)
+        check_positive("sampling.guidance_scale", self.guidance_scale, allow_zero=True)
+        check_positive("sampling.capface_strength", self.capface_strength, allow_zero=True)
+        check_positive("sampling.num_images", self.num_images)
+        check_positive("sampling.eta", self.eta, allow_zero=True)
         if self.identity_guidance_scale is not None:
-            _check_positive("sampling.identity_guidance_scale", self.identity_guidance_scale, allow_zero=True)
+            check_positive("sampling.identity_guidance_scale", self.identity_guidance_scale, allow_zero=True)
         if not 0 <= self.tau <= 1000:
             raise ConfigError(f"sampling.tau must be a timestep in [0, 1000], got {self.tau}.")
         for name in ("height", "width"):

@@ -6,10 +6,13 @@ under the weights directory (see checkpoints/README.md).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
+from typing import Iterable
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 
 from caphuman.config import CapHumanConfig
 from caphuman.errors import CapHumanError, MissingWeightsError
@@ -117,18 +120,19 @@ def build_pipeline(
     if dtype != torch.float32:  # casting float32 -> float32 would only make diffusers warn
         pipe = pipe.to(dtype=dtype)
     if config.sampling.attention == "xformers":
-        enable_xformers(pipe, torch_device)
+        enable_xformers([pipe.unet, pipe.capface, pipe.vae], torch_device)
     return pipe
 
 
-def enable_xformers(pipe: CapHumanPipeline, device: torch.device) -> None:
-    """xformers attention on CUDA when installed; otherwise say why and keep PyTorch SDPA."""
+def enable_xformers(modules: Iterable[ModelMixin], device: torch.device) -> bool:
+    """xformers attention for ``modules`` on CUDA when installed; otherwise say why and keep
+    PyTorch SDPA. Returns whether xformers is now on."""
     if device.type != "cuda":
         logger.warning("xformers attention needs CUDA; using PyTorch SDPA on %s.", device)
-        return
-    try:
-        import xformers  # noqa: F401
-    except ImportError:
+        return False
+    if importlib.util.find_spec("xformers") is None:
         logger.warning("xformers is not installed (pip install -e '.[cuda]'); using PyTorch SDPA.")
-        return
-    pipe.enable_xformers_memory_efficient_attention()
+        return False
+    for module in modules:
+        module.enable_xformers_memory_efficient_attention()
+    return True

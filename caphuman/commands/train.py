@@ -78,8 +78,7 @@ def default_datasets(config: TrainConfig, image_processor) -> tuple[Any, Callabl
     if not Path(data.root).exists():
         raise CapHumanError(f"Dataset '{data.root}' does not exist; make it with `caphuman preprocess --images DIR --out {data.root}`.")
     common = dict(image_size=data.image_size, clip_image_processor=image_processor, seed=config.training.seed)
-    dropout = ConditionDropout(text=data.dropout.text, identity=data.dropout.identity, hint=data.dropout.hint)
-    train = CapHumanDataset(data.root, dropout=dropout, shuffle=data.shuffle, repeat=True, **common)
+    train = CapHumanDataset(data.root, dropout=data.dropout, shuffle=data.shuffle, repeat=True, **common)
     validation = CapHumanDataset(data.root, dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False, repeat=False, **common)
     # Read in this process only: the grid's references are the same on every rank.
     validation.set_distributed(0, 1)

@@ -24,7 +24,6 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from caphuman.data.dropout import ConditionDropout
 from caphuman.data.records import CLIP_SUFFIX, EMBEDDING_SUFFIX, HINT_SUFFIX, IMAGE_SUFFIX, MASK_SUFFIX, META_SUFFIX, decode_members
 from caphuman.data.shards import IndexEntry, ShardReader, read_index
 from caphuman.errors import CapHumanError, ConfigError
@@ -44,25 +44,6 @@ logger = logging.getLogger(__name__)
 _SAMPLE_SUFFIXES = (IMAGE_SUFFIX, CLIP_SUFFIX, MASK_SUFFIX, EMBEDDING_SUFFIX, HINT_SUFFIX, META_SUFFIX)
 # Open shard files kept per iterator (records of one slot may be spread over many shards).
 _OPEN_SHARDS = 8
-
-
-@dataclass
-class ConditionDropout:
-    """Probabilities of dropping each condition of a training sample, independently.
-
-    Defaults: 5 % text and 5 % identity, as IP-Adapter-style adapters train for classifier-free
-    guidance; the hint is kept (CapHuman's sampler never drops it).
-    """
-
-    text: float = 0.05
-    identity: float = 0.05
-    hint: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("text", "identity", "hint"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"Condition dropout '{name}' must be a probability in [0, 1], got {value}.")
 
 
 def _key_seed(key: str) -> int:

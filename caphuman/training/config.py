@@ -17,38 +17,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from caphuman.config import ModelConfig, SamplingConfig, _check_choice, _check_positive, load_structured
+from caphuman.config import ATTENTION_BACKENDS, ModelConfig, SamplingConfig, check_choice, check_positive, load_structured
+from caphuman.data.dropout import ConditionDropout
 from caphuman.errors import ConfigError
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-ATTENTIONS = ("sdpa", "xformers")
 # Written in the published CapHuman style: a plain description of the person and scene.
 DEFAULT_VALIDATION_PROMPTS = [
     "a photo of a person",
     "a photo of a person, in the snow",
     "a close-up photo of a person, smiling, studio lighting",
 ]
-
-
-@dataclass
-class DropoutConfig:
-    """Condition dropout rates for classifier-free guidance (each per sample, independently).
-
-    text: the caption becomes "" (published: 0.05); identity: the identity tokens become zeros
-    (the published model's unconditional identity); hint: the 9-channel hint becomes zeros.
-    """
-
-    text: float = 0.05
-    identity: float = 0.05
-    hint: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("text", "identity", "hint"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"training.data.dropout.{name} must be in [0, 1], got {value}.")
 
 
 @dataclass
@@ -61,11 +42,11 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 4
     shuffle: bool = True
-    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    dropout: ConditionDropout = field(default_factory=ConditionDropout)
 
     def __post_init__(self) -> None:
-        _check_positive("training.data.batch_size", self.batch_size)
-        _check_positive("training.data.num_workers", self.num_workers, allow_zero=True)
+        check_positive("training.data.batch_size", self.batch_size)
+        check_positive("training.data.num_workers", self.num_workers, allow_zero=True)
         if self.image_size <= 0 or self.image_size % 8:
             raise ConfigError(f"training.data.image_size must be a positive multiple of 8, got {self.image_size}.")
 
@@ -82,9 +63,9 @@ class OptimizerConfig:
     gradient_clip: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_positive("training.optimizer.lr", self.lr)
-        _check_positive("training.optimizer.weight_decay", self.weight_decay, allow_zero=True)
-        _check_positive("training.optimizer.gradient_clip", self.gradient_clip, allow_zero=True)
+        check_positive("training.optimizer.lr", self.lr)
+        check_positive("training.optimizer.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("training.optimizer.gradient_clip", self.gradient_clip, allow_zero=True)
         if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
             raise ConfigError(f"training.optimizer.betas must be two values in [0, 1), got {list(self.betas)}.")
 
@@ -114,9 +95,9 @@ class ValidationConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        _check_positive("training.validation.every_n_steps", self.every_n_steps, allow_zero=True)
-        _check_positive("training.validation.num_references", self.num_references)
-        _check_positive("training.validation.num_inference_steps", self.num_inference_steps)
+        check_positive("training.validation.every_n_steps", self.every_n_steps, allow_zero=True)
+        check_positive("training.validation.num_references", self.num_references)
+        check_positive("training.validation.num_inference_steps", self.num_inference_steps)
         if self.every_n_steps and not self.prompts:
             raise ConfigError("training.validation.prompts must list at least one prompt when validation is on.")
 
@@ -151,16 +132,16 @@ class TrainingConfig:
     resume: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _check_choice("training.precision", self.precision, PRECISIONS)
-        _check_choice("training.strategy", self.strategy, STRATEGIES)
-        _check_choice("training.accelerator", self.accelerator, ACCELERATORS)
-        _check_choice("training.attention", self.attention, ATTENTIONS)
-        _check_positive("training.max_steps", self.max_steps)
-        _check_positive("training.mask_loss_weight", self.mask_loss_weight, allow_zero=True)
-        _check_positive("training.devices", self.devices)
-        _check_positive("training.num_nodes", self.num_nodes)
-        _check_positive("training.checkpoint_every", self.checkpoint_every, allow_zero=True)
-        _check_positive("training.log_every_n_steps", self.log_every_n_steps)
+        check_choice("training.precision", self.precision, PRECISIONS)
+        check_choice("training.strategy", self.strategy, STRATEGIES)
+        check_choice("training.accelerator", self.accelerator, ACCELERATORS)
+        check_choice("training.attention", self.attention, ATTENTION_BACKENDS)
+        check_positive("training.max_steps", self.max_steps)
+        check_positive("training.mask_loss_weight", self.mask_loss_weight, allow_zero=True)
+        check_positive("training.devices", self.devices)
+        check_positive("training.num_nodes", self.num_nodes)
+        check_positive("training.checkpoint_every", self.checkpoint_every, allow_zero=True)
+        check_positive("training.log_every_n_steps", self.log_every_n_steps)
 
 
 @dataclass
@@ -183,7 +164,6 @@ def load_train_config(path: str | os.PathLike | None = None, overrides: dict | l
 
 __all__ = [
     "DataConfig",
-    "DropoutConfig",
     "EMAConfig",
     "OptimizerConfig",
     "TrainConfig",

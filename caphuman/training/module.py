@@ -221,18 +221,10 @@ class CapHumanTrainingModule(pl.LightningModule):
         self._cast_frozen_modules()
 
     def _configure_attention(self) -> None:
-        if self.config.training.attention != "xformers":
-            return
-        if self.device.type != "cuda":
-            logger.warning("xformers attention needs CUDA; training uses PyTorch SDPA on %s.", self.device)
-            return
-        try:
-            import xformers  # noqa: F401
-        except ImportError:
-            logger.warning("xformers is not installed (pip install -e '.[cuda]'); training uses PyTorch SDPA.")
-            return
-        self.unet.enable_xformers_memory_efficient_attention()
-        self.adapter.capface.enable_xformers_memory_efficient_attention()
+        if self.config.training.attention == "xformers":
+            from caphuman.loading import enable_xformers
+
+            enable_xformers([self.unet, self.adapter.capface], self.device)
 
     def _cast_frozen_modules(self) -> None:
         """Under mixed precision on a GPU, keep the frozen backbone in half precision (it never
