@@ -11,6 +11,18 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: the tiny model's tensors gain nothing from a second
+    thread, and on a shared 2-core machine OpenMP's per-op barriers stall whenever the other core
+    is busy (measured with a neighbour using both cores: a tiny 4-step sample took 0.08 s on one
+    thread, 11.7 s on two). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     from caphuman.models.tiny import tiny_backbone as build

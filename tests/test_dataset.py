@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic import empty_head_params
 import torch
 from torch.utils.data import DataLoader
 
@@ -39,8 +40,7 @@ def synthetic_record(index: int) -> FaceRecord:
         face_embedding=(rng.standard_normal(EMBEDDING_DIM) + 0.1).astype(np.float32),
         face_mask=mask,
         hint=hint,
-        head_params={name: np.zeros(3, np.float32) for name in ("shape", "expression", "jaw", "rotation", "camera", "albedo")}
-        | {"lighting": np.zeros((9, 3), np.float32), "backend": np.array("builtin")},
+        head_params=empty_head_params(),
         caption=f"a photo of person {index}",
         source=f"person_{index:03d}.jpg",
     )

@@ -39,15 +39,7 @@ LEARNING_RATE = 1e-3
 PROMPT = "a photo of a woman, in the snow"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's tensors gain nothing from a second thread, and on a shared 2-core machine
-    OpenMP's per-op barriers stall whenever the other core is busy (measured with a neighbour
-    using both cores: one tiny 4-step sample took 0.08 s on 1 thread, 11.7 s on 2)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_demo_photos(folder: Path) -> None:

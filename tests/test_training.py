@@ -15,6 +15,7 @@ import multiprocessing
 import lightning.pytorch as pl
 import numpy as np
 import pytest
+from synthetic import empty_head_params
 import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
@@ -33,15 +34,7 @@ SHARD_SIZE = 3  # -> 4 shards: with 2 DataLoader workers each reads whole shards
 CAPTIONS = ["a photo of a person", "a portrait, smiling", "a person outdoors"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's tensors gain nothing from a second thread, and on a shared 2-core machine
-    OpenMP's per-op barriers stall whenever the other core is busy (measured with a neighbour
-    using both cores: one tiny 4-step sample took 0.08 s on 1 thread, 11.7 s on 2)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_record(index: int) -> FaceRecord:
@@ -60,8 +53,7 @@ def synthetic_record(index: int) -> FaceRecord:
         face_embedding=embedding / np.linalg.norm(embedding),
         face_mask=mask,
         hint=hint,
-        head_params={name: np.zeros(3, np.float32) for name in ("shape", "expression", "jaw", "rotation", "camera", "albedo")}
-        | {"lighting": np.zeros((9, 3), np.float32), "backend": np.array("builtin")},
+        head_params=empty_head_params(),
         caption=CAPTIONS[index % len(CAPTIONS)],
         source=f"person_{index:03d}.jpg",
     )
