@@ -173,6 +173,22 @@ def _format_omegaconf_error(error: OmegaConfBaseException, source: str) -> str:
     return f"{source}: {message}"
 
 
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """``path`` as given, or, for a relative path such as ``configs/tiny.yaml`` that does not
+    exist from the current folder, the repository's own file of that name (so the shipped configs
+    work from any folder). Raises ConfigError when neither exists."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = REPOSITORY_ROOT / given
+    if not given.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"Config file '{path}' does not exist.")
+
+
 def load_structured(
     schema: type,
     path: str | os.PathLike | None = None,
@@ -194,8 +210,7 @@ def load_structured(
     try:
         merged = OmegaConf.structured(schema)
         if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"Config file '{path}' does not exist.")
+            path = resolve_config_path(path)
             loaded = OmegaConf.load(path)
             for section in other_sections:
                 loaded.pop(section, None)

@@ -73,3 +73,10 @@ def test_training_config_serves_as_model_config_for_other_commands():
     assert config.model == load_config(CONFIGS / "tiny.yaml").model
     with pytest.raises(ConfigError, match="unknown key 'trainingg'"):
         load_config(CONFIGS / "tiny.yaml", ["trainingg.max_steps=3"])
+
+
+def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/tiny.yaml").model.backbone == "tiny"
+    with pytest.raises(ConfigError, match="'configs/nope.yaml' does not exist"):
+        load_config("configs/nope.yaml")
