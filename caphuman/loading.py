@@ -24,6 +24,11 @@ from caphuman.schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 
+# Where the face models' files go under the weights folder (see checkpoints/manifest.yaml).
+FACENET_FILE = "facenet/20180402-114759-vggface2.pt"
+ARCFACE_FILES = ("arcface/glintr100.onnx", "arcface/w600k_r50.onnx")  # antelopev2, buffalo_l
+FACE_PARSER_FILE = "face-parsing/79999_iter.pth"
+
 
 def resolve_device(device: str | None) -> torch.device:
     """"auto"/None -> CUDA when available, else CPU; anything else as torch understands it."""
@@ -73,10 +78,43 @@ def load_face_recognizer(config: CapHumanConfig, weights_dir: str | Path, device
     if name == "facenet":
         from caphuman.faces.facenet import FaceNetRecognizer
 
-        return FaceNetRecognizer.from_file(weights_path(weights_dir, "facenet/20180402-114759-vggface2.pt"), device=device)
+        return FaceNetRecognizer.from_file(weights_path(weights_dir, FACENET_FILE), device=device)
     from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
 
-    return ArcFaceOnnxRecognizer.from_file(weights_path(weights_dir, "arcface/glintr100.onnx"), device=device)
+    return ArcFaceOnnxRecognizer.from_file(weights_path(weights_dir, ARCFACE_FILES[0]), device=device)
+
+
+def load_face_parser(weights_dir: str | Path, device: torch.device | str):
+    """BiSeNet from ``weights_dir`` when its file is there; None otherwise (callers then use the
+    face-mesh oval as the face region)."""
+    path = weights_path(weights_dir, FACE_PARSER_FILE)
+    if not path.is_file():
+        return None
+    from caphuman.faces.bisenet import FaceParser
+
+    return FaceParser.from_file(path, device=device)
+
+
+def face_parser_for_sampling(config: CapHumanConfig, weights_dir: str | Path, device: torch.device | str):
+    """The parser sampling uses: none for the tiny model (its random CLIP gains nothing from a
+    finer mask), BiSeNet when its file is present, else None (the face-mesh oval)."""
+    if config.model.backbone == "tiny":
+        return None
+    parser = load_face_parser(weights_dir, device)
+    if parser is None:
+        logger.info("No face-parsing weights at %s; using the face-mesh oval as the face region.", weights_path(weights_dir, FACE_PARSER_FILE))
+    return parser
+
+
+def load_head_prior(name: str, weights_dir: str | Path, detector, device: torch.device | str):
+    """The head prior ``name`` ("deca" or "builtin"), sharing ``detector`` (a FaceDetector)."""
+    if name == "deca":
+        from caphuman.head.deca import DecaHeadPrior
+
+        return DecaHeadPrior(weights_dir, device=device, detector=detector)
+    from caphuman.head.builtin_prior import BuiltinHeadPrior
+
+    return BuiltinHeadPrior(detector=detector)
 
 
 def load_adapter(config: CapHumanConfig, backbone: Backbone, weights_dir: str | Path) -> CapHumanAdapter:

@@ -87,16 +87,6 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((top, side - height - top), (left, side - width - left), (0, 0)), mode="edge")
 
 
-def build_head_prior(name: str, weights_dir: str, detector, device: torch.device):
-    if name == "deca":
-        from caphuman.head.deca import DecaHeadPrior
-
-        return DecaHeadPrior(weights_dir, device=device, detector=detector)
-    from caphuman.head.builtin_prior import BuiltinHeadPrior
-
-    return BuiltinHeadPrior(detector=detector)
-
-
 def render_hint_for_size(prior, params, height: int, width: int) -> torch.Tensor:
     """(1, 9, height, width) hint: rendered square (the head prior's image frame is square, see
     pad_to_square) at the longer side, then centre-cropped."""
@@ -122,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from caphuman.faces.reference import reference_face
     from caphuman.head.hint import hint_preview
     from caphuman.head.params import parse_modes, set_pose, transfer
-    from caphuman.loading import build_pipeline, resolve_device
+    from caphuman.loading import build_pipeline, face_parser_for_sampling, load_head_prior, resolve_device
 
     config = config_from_args(args)
     modes = parse_modes(args.modes) if args.pose_ref else ()
@@ -140,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 "their training distribution, so head control will be weaker. Use --head-prior deca for the published behaviour.",
                 config.model.head_prior,
             )
-        prior = build_head_prior(config.model.head_prior, args.weights, detector, device)
+        prior = load_head_prior(config.model.head_prior, args.weights, detector, device)
         params = prior.reconstruct(references[0][1], face_index=args.face_index)
         if driver_image is not None:
             params = transfer(params, prior.reconstruct(driver_image, face_index=args.face_index), modes)
@@ -149,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         head_hint = render_hint_for_size(prior, params, sampling.height, sampling.width)
 
         pipe = build_pipeline(config, args.weights, args.device)
-        parser = load_face_parser(config, args.weights, device)
+        parser = face_parser_for_sampling(config, args.weights, device)
         identity: list[ReferenceFace] = [
             reference_face(image, face, pipe.face_recognizer, parser, clip_size=pipe.image_encoder.config.image_size)
             for _, image, face in faces
@@ -195,17 +185,3 @@ def run(args: argparse.Namespace) -> int:
     save_config(config, out / "config.yaml", extra=run_facts)
     logger.info("Wrote %d image(s), hint.png and config.yaml to %s", len(output.images), out)
     return 0
-
-
-def load_face_parser(config: CapHumanConfig, weights_dir: str, device: torch.device):
-    """BiSeNet when its weights are there; otherwise None, and the mesh's face oval is used."""
-    path = Path(weights_dir) / "face-parsing" / "79999_iter.pth"
-    if config.model.backbone == "tiny" or not path.is_file():
-        if config.model.backbone != "tiny":
-            logger.info("No face-parsing weights at %s; using the face-mesh oval as the face region.", path)
-        return None
-    from caphuman.faces.bisenet import FaceParser
-
-    return FaceParser.from_file(path, device=device)
-
-

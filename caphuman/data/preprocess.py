@@ -43,7 +43,6 @@ from caphuman.errors import CapHumanError, ConfigError, InputImageError
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAPTION = "a photo of a person"
-FACE_PARSER_WEIGHTS = "face-parsing/79999_iter.pth"
 DATASET_FORMAT_VERSION = 1
 # Settings that change what a record contains: a rerun into the same folder must match them, or
 # the dataset would mix two kinds of records.
@@ -212,16 +211,6 @@ def caption_for(source: str, captions: dict[str, str], by_name: dict[str, str], 
 # ---------------------------------------------------------------------------------- one photo
 
 
-def load_face_parser_if_present(weights_dir: str | os.PathLike, device: torch.device | str):
-    """BiSeNet from ``weights_dir`` when its file is there; None (mesh face oval) otherwise."""
-    path = Path(weights_dir) / FACE_PARSER_WEIGHTS
-    if not path.is_file():
-        return None
-    from caphuman.faces.bisenet import FaceParser
-
-    return FaceParser.from_file(path, device=device)
-
-
 def map_face(face, transform: np.ndarray, size: int):
     """The detected face in the coordinates of an affine crop (2x3 ``transform``) of side ``size``.
 
@@ -253,14 +242,14 @@ class PhotoProcessor:
     def __init__(self, config: CapHumanConfig, weights_dir: str | os.PathLike, image_size: int, device: str = "cpu"):
         from caphuman.faces.detection import FaceDetector
         from caphuman.head.renderer import MeshRenderer
-        from caphuman.loading import load_face_recognizer, resolve_device
+        from caphuman.loading import load_face_parser, load_face_recognizer, load_head_prior, resolve_device
 
         self.image_size = image_size
         self.device = resolve_device(device)
         self.detector = FaceDetector(max_faces=5)
         self.recognizer = load_face_recognizer(config, weights_dir, self.device)
-        self.parser = load_face_parser_if_present(weights_dir, self.device)
-        self.head_prior = _build_head_prior(config.model.head_prior, weights_dir, self.detector, self.device)
+        self.parser = load_face_parser(weights_dir, self.device)
+        self.head_prior = load_head_prior(config.model.head_prior, weights_dir, self.detector, self.device)
         self.renderer = MeshRenderer(image_size)
 
     def process(self, path: Path, source: str, caption: str) -> FaceRecord:
@@ -327,16 +316,6 @@ class PhotoSkip(Exception):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
-
-
-def _build_head_prior(name: str, weights_dir: str | os.PathLike, detector, device: torch.device):
-    if name == "deca":
-        from caphuman.head.deca import DecaHeadPrior
-
-        return DecaHeadPrior(weights_dir, device=device, detector=detector)
-    from caphuman.head.builtin_prior import BuiltinHeadPrior
-
-    return BuiltinHeadPrior(detector=detector)
 
 
 @dataclass(frozen=True)
@@ -526,7 +505,9 @@ def preprocess_folder(
     )
 
     # Checked before any model loads, so a mismatched rerun fails in a second.
-    face_parser = "bisenet" if (Path(settings.weights) / FACE_PARSER_WEIGHTS).is_file() else "mesh_oval"
+    from caphuman.loading import FACE_PARSER_FILE
+
+    face_parser = "bisenet" if (Path(settings.weights) / FACE_PARSER_FILE).is_file() else "mesh_oval"
     _check_or_write_settings(out, dataset_settings(settings, config, face_parser))
     processor: Optional[PhotoProcessor] = None
     pool = None

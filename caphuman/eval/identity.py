@@ -25,12 +25,11 @@ from caphuman.errors import CapHumanError
 from caphuman.faces.detection import DetectedFace
 from caphuman.faces.recognizer import FaceRecognizer
 from caphuman.faces.reference import recognizer_crop
+from caphuman.loading import ARCFACE_FILES, FACENET_FILE
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_MODELS = ("auto", "facenet", "arcface", "dlib")
-FACENET_FILE = "facenet/20180402-114759-vggface2.pt"
-ARCFACE_FILES = ("arcface/glintr100.onnx", "arcface/w600k_r50.onnx")
 
 
 @dataclass

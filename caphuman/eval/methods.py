@@ -146,20 +146,19 @@ class MethodContext:
     @property
     def head_prior(self):
         if self._prior is None:
-            from caphuman.commands.sample import build_head_prior
+            from caphuman.loading import load_head_prior
 
-            self._prior = build_head_prior(self.config.model.head_prior, self.weights_dir, self.detector, self.device)
+            self._prior = load_head_prior(self.config.model.head_prior, self.weights_dir, self.detector, self.device)
         return self._prior
 
     @property
     def pipeline(self):
         if self._pipeline is None:
-            from caphuman.commands.sample import load_face_parser
-            from caphuman.loading import build_pipeline
+            from caphuman.loading import build_pipeline, face_parser_for_sampling
 
             self._pipeline = build_pipeline(self.config, self.weights_dir, str(self.device))
             self._pipeline.set_progress_bar_config(disable=True)
-            self._parser = load_face_parser(self.config, self.weights_dir, self.device)
+            self._parser = face_parser_for_sampling(self.config, self.weights_dir, self.device)
         return self._pipeline
 
     def identity(self, identity: Identity) -> PreparedIdentity:
