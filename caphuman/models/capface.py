@@ -9,7 +9,9 @@ zero convolutions, one middle zero convolution), so we subclass it and add only:
 - ``face_mask_head``: Conv2d(320 -> 1, 3x3) + sigmoid on the embedded hint (the original
   ``mask_predict``), predicting the face region at latent resolution;
 - a forward that also returns that mask, and :meth:`CapFaceOutput.gated_residuals`, which scales
-  the 13 residuals by the strength and multiplies each by (mask > 0.5) resized to its resolution.
+  the 13 residuals by the strength and multiplies each by (mask > 0.5) resized to its resolution;
+- :func:`resize_face_mask`, the published model's mask resize, shared by the gate and by the
+  training target of the mask head.
 """
 
 from __future__ import annotations
@@ -25,6 +27,40 @@ from torch import nn
 
 HINT_CHANNELS = 9
 MASK_THRESHOLD = 0.5
+
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def resize_face_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a mask exactly as the published code does: torchvision 0.14.1's ``F.resize(mask, size)``.
+
+    The official ``cldm.py`` resizes the predicted mask to each residual's resolution, and the
+    training step resizes the face-parsing target, with ``torchvision.transforms.functional.resize``
+    on a tensor. In its pinned torchvision (0.14.1) that is, for a tensor:
+
+    - the same size: the tensor itself, untouched;
+    - otherwise ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` WITHOUT
+      antialiasing (torchvision antialiased tensors by default only from 0.17 on): each output
+      cell is a bilinear sample at its centre; for the halvings of the UNet (64 -> 32/16/8) that
+      is the mean of the 2x2 input cells around that centre, not an average over the whole block;
+    - computed in float32 unless the tensor is float32/float64, then cast back to the input dtype,
+      after ``torch.round`` (half to even) when that dtype is an integer one.
+
+    Args:
+        mask: (B, C, h, w) mask (float: probabilities; integer: labels or 0/1 regions).
+        size: (H, W) output size.
+    Returns:
+        (B, C, H, W) in ``mask``'s dtype.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    dtype = mask.dtype
+    work = mask if dtype in (torch.float32, torch.float64) else mask.to(torch.float32)
+    resized = F.interpolate(work, size=size, mode="bilinear", align_corners=False, antialias=False)
+    if dtype in _INTEGER_DTYPES:
+        resized = torch.round(resized)
+    return resized.to(dtype)
 
 
 @dataclass
@@ -46,8 +82,9 @@ class CapFaceOutput(BaseOutput):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Residuals ready for the UNet: times ``strength`` and, when gating, times (mask > 0.5).
 
-        The mask is detached: gating is a hard 0/1 selection, and the mask head learns only from
-        its own loss (as in the published model).
+        As in the published model, the mask is first resized to each residual's resolution with
+        :func:`resize_face_mask` (a plain bilinear sample) and then thresholded. The mask is
+        detached: gating is a hard 0/1 selection, and the mask head learns only from its own loss.
         """
         residuals = [*self.down_block_res_samples, self.mid_block_res_sample]
         if mask_gating:
@@ -57,10 +94,7 @@ class CapFaceOutput(BaseOutput):
             for residual in residuals:
                 size = tuple(residual.shape[-2:])
                 if size not in gates:
-                    resized = mask if mask.shape[-2:] == size else F.interpolate(
-                        mask.float(), size=size, mode="bilinear", align_corners=False, antialias=True
-                    )
-                    gates[size] = (resized > MASK_THRESHOLD).to(residual.dtype)
+                    gates[size] = (resize_face_mask(mask, size) > MASK_THRESHOLD).to(residual.dtype)
                 gated.append(residual * gates[size])
             residuals = gated
         if strength != 1.0:
