@@ -168,15 +168,22 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
         tokens = tokens * (~batch["drop_identity"]).float()[:, None, None]
         hint = batch["hint"] * (~batch["drop_hint"]).float()[:, None, None, None]
         out = adapter.capface(noisy, timesteps, tokens, hint)
-        gate = (out.face_mask > 0.5).float()
-        down = [r * (gate if r.shape[-1] == gate.shape[-1] else F.interpolate(out.face_mask, size=r.shape[-2:], mode="bilinear", antialias=True).gt(0.5).float()) for r in out.down_block_res_samples]
-        mid = out.mid_block_res_sample * F.interpolate(out.face_mask, size=out.mid_block_res_sample.shape[-2:], mode="bilinear", antialias=True).gt(0.5).float()
+        # The published gate: torchvision 0.14.1's F.resize on a tensor = plain bilinear, no antialias.
+        def gate(size):
+            return F.interpolate(out.face_mask, size=size, mode="bilinear", align_corners=False).gt(0.5).float()
+
+        down = [r * gate(r.shape[-2:]) for r in out.down_block_res_samples]
+        mid = out.mid_block_res_sample * gate(out.mid_block_res_sample.shape[-2:])
         pred = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         noise_loss = ((pred - noise) ** 2).mean()
-        # Target mask: 8x8 block averages of the 64 px mask; only samples whose hint was kept.
-        target = batch["face_mask"].unflatten(2, (8, 8)).unflatten(4, (8, 8)).mean(dim=(3, 5))
-        kept = ~batch["drop_hint"]
-        mask_loss = ((out.face_mask - target) ** 2)[kept].mean()
+        # Published target: the integer 0/1 face region resized 64 -> 8 by a plain bilinear sample
+        # (cell i samples x = 8 i + 3.5: the mean of pixels 8i+3 and 8i+4 in each direction), rounded
+        # back to an integer half to even (0.5 -> 0); every sample counts, hint-dropped ones too.
+        region = batch["face_mask"]
+        centre = (region[..., 3::8, 3::8] + region[..., 3::8, 4::8] + region[..., 4::8, 3::8] + region[..., 4::8, 4::8]) / 4
+        target = (centre > 0.5).float()
+        assert ((centre > 0) & (centre < 1)).any()  # the disc's edge crosses some centres
+        mask_loss = ((out.face_mask - target) ** 2).mean()
 
     assert mask_loss > 1e-3  # the mask term is there and not negligible
     torch.testing.assert_close(terms.noise, noise_loss, rtol=1e-5, atol=1e-6)

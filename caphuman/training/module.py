@@ -10,9 +10,11 @@ Per batch (published recipe, with the sampler's own condition functions from cap
    unconditional identity); the hint zeroed where ``drop_hint``;
 4. CapFace(noisy, t, tokens, hint) -> residuals gated by the detached predicted mask (> 0.5), as
    the published model also does while training -> frozen UNet with the text -> noise prediction;
-5. loss = MSE(noise_pred, noise) + mask_loss_weight x MSE(face_mask_pred, face_mask resized by
-   area averaging to the latent resolution); the mask term skips hint-dropped samples (the mask
-   head reads only the hint, so there is nothing to locate without it).
+5. loss = MSE(noise_pred, noise) + mask_loss_weight x MSE(face_mask_pred, target), over every
+   sample of the batch as the published step does. The target is the published one: the face
+   region of the parsing labels (0/1 integers) resized to the latent resolution by torchvision
+   0.14.1's tensor resize, i.e. a plain bilinear sample rounded back to 0/1
+   (:func:`face_mask_target`).
 
 Every random draw of a step comes from one CPU generator seeded by (seed, global_step, rank), in
 the order: posterior sample, timesteps, noise. No RNG state needs restoring on resume, and CPU and
@@ -38,6 +40,7 @@ from caphuman.config import config_to_dict
 from caphuman.errors import CapHumanError
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.backbone import Backbone
+from caphuman.models.capface import resize_face_mask
 from caphuman.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,24 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     # SeedSequence mixes the three integers so neighbouring steps get unrelated streams.
     state = np.random.SeedSequence([int(seed), int(step), int(rank)]).generate_state(2, dtype=np.uint32)
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def face_mask_target(face_region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The mask head's training target, as the published training step builds it.
+
+    The official step turns the parsing labels into an integer 0/1 face region (classes 0, 7, 8, 9
+    and 14-18 off; our records store that region) and resizes it with torchvision's ``F.resize``
+    to the latent size. On an integer tensor that resize samples bilinearly in float32 and rounds
+    back (half to even), so the target stays 0/1: at 512 -> 64 a cell is 1 when at least three of
+    the four pixels around its centre are face.
+
+    Args:
+        face_region: (B, 1, S, S) face region in {0, 1} (any dtype).
+        size: (h, w) latent size.
+    Returns:
+        (B, 1, h, w) float32 in {0, 1}.
+    """
+    return resize_face_mask(face_region.round().to(torch.uint8), size).float()
 
 
 @dataclass
@@ -280,10 +301,8 @@ class CapHumanTrainingModule(pl.LightningModule):
         noise_loss = F.mse_loss(noise_pred.float(), noise)
 
         predicted_mask = capface_out.face_mask.float()
-        target_mask = F.interpolate(batch["face_mask"].to(device).float(), size=predicted_mask.shape[-2:], mode="area")
-        per_sample = ((predicted_mask - target_mask) ** 2).flatten(1).mean(dim=1)
-        kept = keep_hint.float()
-        mask_loss = (per_sample * kept).sum() / kept.sum().clamp(min=1.0)
+        target_mask = face_mask_target(batch["face_mask"].to(device), tuple(predicted_mask.shape[-2:]))
+        mask_loss = ((predicted_mask - target_mask) ** 2).mean()
         total = noise_loss + self.config.training.mask_loss_weight * mask_loss
         return LossTerms(total=total, noise=noise_loss.detach(), mask=mask_loss.detach())
 
