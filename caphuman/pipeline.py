@@ -274,7 +274,8 @@ class CapHumanPipeline(DiffusionPipeline):
         )
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
-        do_guidance = guidance_scale > 1.0 or identity_guidance_scale is not None
+        # As the published DDIM sampler: guidance runs for any scale but exactly 1 (below 1 too).
+        do_guidance = guidance_scale != 1.0 or identity_guidance_scale is not None
 
         # Conditions, repeated per image the way diffusers repeats prompt embeddings.
         text_embeds = encode_prompts(prompts, self.tokenizer, self.text_encoder).repeat_interleave(num_images_per_prompt, 0)

@@ -127,6 +127,20 @@ def test_tau_above_every_timestep_keeps_identity(tiny_pipeline):
     assert np.abs(run(tiny_pipeline, tau=1) - run(tiny_pipeline)).max() > 1e-5
 
 
+def test_guidance_runs_for_every_scale_but_one(tiny_pipeline):
+    """Published DDIM: eps = eps_neg + s (eps_pos - eps_neg) unless s == 1. At s = 0 that is the
+    negative branch alone: the negative prompt with the same identity tokens and hint, unguided."""
+    randomize_capface(tiny_pipeline.capface)
+    scale_zero = run(tiny_pipeline, guidance_scale=0.0, negative_prompt="blurry")
+    negative_alone = run(tiny_pipeline, prompt="blurry", guidance_scale=1.0)
+    torch.testing.assert_close(torch.from_numpy(scale_zero), torch.from_numpy(negative_alone), atol=1e-5, rtol=1e-5)
+    positive_alone = run(tiny_pipeline, guidance_scale=1.0, negative_prompt="blurry")
+    assert np.abs(scale_zero - positive_alone).max() > 1e-3  # the prompts really differ
+    # Between 0 and 1 the prediction interpolates: neither branch alone.
+    half = run(tiny_pipeline, guidance_scale=0.5, negative_prompt="blurry")
+    assert np.abs(half - positive_alone).max() > 1e-4 and np.abs(half - negative_alone).max() > 1e-4
+
+
 def test_identity_guidance_of_one_equals_published_guidance(tiny_pipeline):
     randomize_capface(tiny_pipeline.capface)
     torch.testing.assert_close(
