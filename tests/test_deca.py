@@ -31,9 +31,12 @@ from caphuman.head.deca import (
     camera_from_deca,
     load_deca_encoder,
     rotation_from_deca,
+    uv_albedo_space,
 )
 from caphuman.head.flame import FlameLayer, FlameModelData, axis_angle_to_matrix, matrix_to_axis_angle
+from caphuman.head.hint import render_hint
 from caphuman.head.params import HeadParams
+from caphuman.head.renderer import MeshRenderer
 
 NUM_VERTICES = 500
 HEAD_RADIUS = 0.1  # metres, about a real head's half-width
@@ -55,7 +58,12 @@ def make_tiny_flame(seed: int = 0) -> dict:
     directions = rng.normal(size=(NUM_VERTICES, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     v_template = directions * np.array([0.8, 1.0, 0.9]) * HEAD_RADIUS
-    faces = ConvexHull(directions).simplices.astype(np.uint32)
+    faces = ConvexHull(directions).simplices
+    # Qhull's simplices come in either winding; turn each counter-clockwise seen from outside, as
+    # FLAME's are (vertex normals then point outwards).
+    corners = directions[faces]
+    outward = (np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]) * corners.mean(axis=1)).sum(axis=1) > 0
+    faces = np.where(outward[:, None], faces, faces[:, ::-1]).astype(np.uint32)
 
     jaw = (directions[:, 1] < -0.3) & (directions[:, 2] > 0.0)
     eyes = (directions[:, 1] > 0.2) & (directions[:, 2] > 0.8)
@@ -456,7 +464,10 @@ def test_reconstruct_and_mesh_the_astronaut(prior, tiny):
     mesh = prior.mesh(params)
     assert mesh.vertices.shape == (1, NUM_VERTICES, 3) and mesh.faces.shape == tiny["f"].shape
     assert torch.isfinite(mesh.vertices).all()
-    assert mesh.albedo.shape == (1, NUM_VERTICES, 3) and mesh.albedo.min() >= 0 and mesh.albedo.max() <= 1
+    # DECA's renderer: albedo from the 256 px UV map, looked up per pixel; its own shading rules.
+    assert mesh.albedo is None and mesh.texture.image.shape == (1, 3, 256, 256)
+    assert mesh.texture.uv_faces.shape == mesh.faces.shape
+    assert not mesh.renormalize_normals and not mesh.clamp_colours
     assert mesh.lighting.shape == (1, 9, 3)
     # With tx = ty = 0 the FLAME origin lands at the centre of DECA's crop, which sits on the
     # astronaut's face (in the 512 px photo her face spans roughly x 170..280, y 60..190).
@@ -476,28 +487,85 @@ def test_no_face_is_an_input_error(prior):
         prior.reconstruct(np.full((256, 256, 3), 127, np.uint8))
 
 
-def test_vertex_albedo_samples_the_texture_space(prior, tiny):
-    u = vertex_uvs(tiny["v_template"])[:, 0]
+def flametex_formula(archive: dict, code: np.ndarray) -> np.ndarray:
+    """DECA's FLAMETex (tex_type "FLAME"), written from its formula, generalised from 512 px to the
+    file's size: mean/255 + (tex_dir/255)[..., :K] . code, as (3, H, W); ``F.interpolate(.., [256, 256])``
+    (nearest: output row i reads row floor(i H / 256)); then channels [2, 1, 0]. Returns (3, 256, 256)."""
+    height, width = archive["mean"].shape[:2]
+    mean = archive["mean"].reshape(1, -1) / 255.0
+    basis = archive["tex_dir"].reshape(-1, archive["tex_dir"].shape[-1])[:, : len(code)] / 255.0
+    texture = (mean + (basis * code[None, :]).sum(-1)).reshape(height, width, 3).transpose(2, 0, 1)
+    rows = np.floor(np.arange(256) * height / 256).astype(int)
+    columns = np.floor(np.arange(256) * width / 256).astype(int)
+    return texture[:, rows][:, :, columns][[2, 1, 0]]
+
+
+def test_albedo_map_is_decas_flametex_at_256_px(tmp_path):
+    rng = np.random.default_rng(5)
+    archive = {
+        "mean": rng.uniform(0, 255, (32, 32, 3)),
+        "tex_dir": rng.normal(scale=20.0, size=(32, 32, 3, 60)),
+        "vt": rng.uniform(0, 1, (10, 2)),
+        "ft": rng.integers(0, 10, (7, 3)),
+    }
+    np.savez(tmp_path / "FLAME_texture.npz", **archive)
+    mean, basis = uv_albedo_space(load_flame_texture(tmp_path / "FLAME_texture.npz", num_components=50))
+    code = rng.normal(size=50)
+    ours = mean + torch.einsum("kchw,k->chw", basis, torch.from_numpy(code).float())
+    np.testing.assert_allclose(ours.numpy(), flametex_formula(archive, code), rtol=1e-5, atol=1e-4)
+
+
+def test_prior_meshes_carry_the_albedo_map_of_their_code(prior, tiny):
+    code = np.zeros(50)
+    code[0], code[1] = 3.0, 2.0
     params = HeadParams(
         shape=torch.zeros(1, 100),
         expression=torch.zeros(1, 50),
         jaw=torch.zeros(1, 3),
         rotation=torch.zeros(1, 3),
         camera=torch.tensor([[5.0, 0.0, 0.0]]),
-        albedo=torch.zeros(1, 50),
+        albedo=torch.from_numpy(code).float()[None],
         lighting=torch.zeros(1, 9, 3),
         backend="deca",
     )
-    albedo = prior.mesh(params).albedo[0].numpy()
-    # Bilinear sampling reproduces a texture that is linear in u exactly (away from the border).
-    np.testing.assert_allclose(albedo[:, 0], (40.0 + 160.0 * u) / 255.0, atol=1e-5)
-    np.testing.assert_allclose(albedo[:, 1], 100.0 / 255.0, atol=1e-6)
-    np.testing.assert_allclose(albedo[:, 2], 220.0 / 255.0, atol=1e-6)
-    params.albedo[0, 0], params.albedo[0, 1] = 3.0, 2.0
-    changed = prior.mesh(params).albedo[0].numpy()
-    np.testing.assert_allclose(changed[:, 1] - albedo[:, 1], 30.0 / 255.0, atol=1e-5)
-    np.testing.assert_allclose(changed[:, 2] - albedo[:, 2], -20.0 / 255.0, atol=1e-5)
-    np.testing.assert_allclose(changed[:, 0], albedo[:, 0], atol=1e-6)
+    mesh = prior.mesh(params)
+    expected = flametex_formula(make_texture(tiny), code)
+    np.testing.assert_allclose(mesh.texture.image[0].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(mesh.texture.uvs.numpy(), vertex_uvs(tiny["v_template"]), atol=1e-6)
+
+
+def test_deca_hint_keeps_decas_unclamped_render(prior):
+    """The hint is [normals, albedo, albedo x shading] with DECA's rules: bright light pushes the
+    shaded render above 1 and a dark albedo code below 0, and neither is clipped."""
+    lighting = torch.zeros(1, 9, 3)
+    lighting[0, 0] = 8.0
+    params = HeadParams(
+        shape=torch.zeros(1, 100), expression=torch.zeros(1, 50), jaw=torch.zeros(1, 3), rotation=torch.zeros(1, 3),
+        camera=torch.tensor([[5.0, 0.0, 0.0]]), albedo=torch.zeros(1, 50), lighting=lighting, backend="deca",
+    )
+    params.albedo[0, 1] = 25.0  # blue: 220 - 250 < 0
+    head = render_hint(prior, params, image_size=96)
+    output = MeshRenderer(96).render_mesh(prior.mesh(params))
+    torch.testing.assert_close(head.hint, torch.cat([output.normals, output.albedo, output.shaded], dim=1) * output.mask)
+    inside = head.mask[0, 0] > 0
+    assert head.hint[0, 6][inside].max() > 1.5  # red: albedo ~0.2..0.8 x shading ~2.3
+    assert head.hint[0, 5][inside].min() < -0.05
+    lengths = head.hint[0, :3].norm(dim=0)[inside]
+    assert lengths.max() <= 1.0 + 1e-5 and lengths.min() < 0.999  # interpolated unit normals, not renormalised
+
+
+def test_head_template_texture_coordinates_take_precedence(tmp_path):
+    """DECA's renderer reads its UVs from head_template.obj; the npz's vt/ft are the fallback."""
+    np.savez(tmp_path / "FLAME_texture.npz", mean=np.zeros((4, 4, 3)), tex_dir=np.zeros((4, 4, 3, 50)),
+             vt=np.full((3, 2), 0.5), ft=np.array([[0, 1, 2]]))
+    (tmp_path / "head_template.obj").write_text(
+        "v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0.1 0.2\nvt 0.3 0.4\nvt 0.5 0.6\nf 1/3 2/1 3/2\n"
+    )
+    texture = load_flame_texture(tmp_path / "FLAME_texture.npz", head_template=tmp_path / "head_template.obj")
+    np.testing.assert_allclose(texture.uvs, [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], atol=1e-7)
+    np.testing.assert_array_equal(texture.uv_faces, [[2, 0, 1]])
+    fallback = load_flame_texture(tmp_path / "FLAME_texture.npz")
+    np.testing.assert_allclose(fallback.uvs, np.full((3, 2), 0.5))
 
 
 def test_mesh_follows_rotation_and_camera(prior, tiny):

@@ -67,7 +67,8 @@ class FaceRecord:
         face_mask: (S, S) uint8 in {0, 1}: face region (BiSeNet labels when present, else the
             mesh's face oval), in the pixels of ``image``.
         hint: (9, S, S) float16 head condition rendered for ``image``: normals in [-1, 1],
-            albedo and shaded render in [0, 1], 0 on the background.
+            albedo and shaded render (in [0, 1] from the built-in prior; unclipped from the DECA
+            prior, as DECA renders them), 0 on the background.
         head_params: HeadParams fields as float32 arrays with the batch dim dropped, plus
             "backend" as a 0-d str array (see :func:`head_params_to_arrays`).
         caption: text prompt of the image.

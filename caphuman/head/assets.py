@@ -15,8 +15,9 @@ Files (the names of DECA's own data/ folder, which CapHuman's README also uses),
   tex_type "FLAME"). Keys ``mean`` (H, W, 3) and ``tex_dir`` (H, W, 3, 200) in 0..255, BGR channel
   order (DECA flips them to RGB), plus ``vt`` (T, 2) texture coordinates and ``ft`` (F, 3) their
   per-triangle indices. Read with ``allow_pickle=False``.
-- ``head_template.obj`` (optional): DECA's FLAME template with UVs; only read when
-  FLAME_texture.npz lacks ``vt``/``ft``.
+- ``head_template.obj`` (optional): DECA's FLAME template with UVs. DECA's renderer takes its
+  texture coordinates from this file, so when present its ``vt`` and per-face texture indices
+  are used; otherwise FLAME_texture.npz's ``vt``/``ft`` (the same FLAME UV layout).
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ def load_flame_texture(path: str | os.PathLike, num_components: int = 50, head_t
     """Read FLAME_texture.npz (``allow_pickle=False``) and keep ``num_components`` directions.
 
     Channels are flipped from the file's BGR to RGB and values divided by 255, as DECA does for
-    tex_type "FLAME". UVs come from the file's ``vt``/``ft``, else from ``head_template`` (.obj).
+    tex_type "FLAME". UVs come from ``head_template`` (.obj) when given, as in DECA's renderer,
+    else from the file's ``vt``/``ft``.
 
     Raises:
         CapHumanError: missing keys, too few components, or no UVs anywhere.
@@ -333,12 +335,12 @@ def load_flame_texture(path: str | os.PathLike, num_components: int = 50, head_t
             uv_faces = np.asarray(archive["ft"], dtype=np.int64) if "ft" in keys else None
     except (OSError, ValueError) as error:
         raise CapHumanError(f"FLAME texture file '{path}' could not be read ({error}).") from error
-    if uvs is None or uv_faces is None:
-        if head_template is None:
-            raise CapHumanError(
-                f"FLAME texture file '{path}' has no 'vt'/'ft' texture coordinates; put DECA's {HEAD_TEMPLATE_FILE} next to it."
-            )
+    if head_template is not None:
         uvs, uv_faces = read_obj_uvs(head_template)
+    elif uvs is None or uv_faces is None:
+        raise CapHumanError(
+            f"FLAME texture file '{path}' has no 'vt'/'ft' texture coordinates; put DECA's {HEAD_TEMPLATE_FILE} next to it."
+        )
     # BGR -> RGB and 0..255 -> 0..1, on the channel axis (2) of both arrays.
     return FlameTexture(
         mean=np.ascontiguousarray(mean[:, :, ::-1] / 255.0, dtype=np.float32),

@@ -300,11 +300,16 @@ class BuiltinHeadPrior(HeadPrior):
         scale = camera[:, 0, None, None]
         offset = torch.stack([camera[:, 1], camera[:, 2], torch.zeros_like(camera[:, 1])], dim=-1)[:, None, :]
         vertices = rotated * scale + offset
+        # This prior has no UV map: its albedo is per vertex (fitted from the photo). Its renders
+        # keep unit per-pixel normals and colours clipped to [0, 1], the conventions its own fits
+        # and the models trained on its renders use; DECA's unclamped rules are for the DECA prior.
         return HeadMesh(
             vertices=vertices,
             faces=self._faces.to(vertices.device),
             albedo=params.albedo.to(dtype),
             lighting=params.lighting.to(dtype),
+            renormalize_normals=True,
+            clamp_colours=True,
         )
 
     # ------------------------------------------------------------------------------ internals

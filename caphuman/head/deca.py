@@ -40,7 +40,7 @@ from caphuman.errors import CapHumanError, InputImageError
 from caphuman.head.assets import DecaAssetPaths, FlameTexture, load_deca_encoder_state, load_flame_model, load_flame_texture
 from caphuman.head.flame import FlameLayer, axis_angle_to_matrix
 from caphuman.head.params import HeadParams, angles_from_matrix, rotation_matrix
-from caphuman.head.prior import HeadMesh, HeadPrior
+from caphuman.head.prior import HeadMesh, HeadPrior, UVTexture
 
 if TYPE_CHECKING:
     from caphuman.faces.detection import FaceDetector
@@ -60,6 +60,8 @@ DECA_CODE_SIZE = sum(size for _, size in DECA_CODE_LAYOUT)  # 236
 NUM_SHAPE, NUM_TEXTURE, NUM_EXPRESSION = 100, 50, 50
 
 CROP_SIZE = 224
+# DECA renders albedo from a 256 x 256 UV map (cfg.model.uv_size; FLAMETex resizes to it).
+UV_SIZE = 256
 CROP_SCALE = 1.25
 # CapHuman resizes every photo to this square before DECA sees it (TestData(size=512)).
 WORKING_SIZE = 512
@@ -298,50 +300,23 @@ def rotation_from_deca(global_axis_angle: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-vertex albedo
+# UV albedo map
 
 
-def vertex_texture_samples(texture: FlameTexture, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sample the texture space at each vertex's UV coordinates (bilinear).
+def uv_albedo_space(texture: FlameTexture, size: int = UV_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FLAME texture space at the resolution DECA renders with: (3, size, size) mean, (K, 3, size, size) basis.
 
-    A vertex on a UV seam has several texture coordinates; it gets the mean over its distinct
-    ones. UVs follow the OBJ convention (v up), so row = (1 - v) * H, sampled at pixel centres
-    like DECA's grid_sample(align_corners=False).
-
-    Returns:
-        (V, 3) mean albedo and (V, 3, K) basis per vertex, float32, RGB in [0, 1] units.
+    DECA's FLAMETex builds the albedo map at the file's resolution (mean + basis . code) and then
+    shrinks it with ``F.interpolate(texture, [256, 256])``, i.e. nearest neighbour (512 -> 256 keeps
+    every second texel). Picking texels commutes with the linear combination, so the mean and
+    each basis map are picked once here and the per-head map is combined at 256 px (a quarter of
+    the memory and work); the values are the same.
     """
-    num_vertices = int(faces.max()) + 1
-    if texture.uv_faces.shape != faces.shape:
-        raise CapHumanError(f"FLAME texture coordinates cover {texture.uv_faces.shape[0]} triangles but FLAME has {faces.shape[0]}.")
-    pairs = np.unique(np.stack([faces.ravel(), texture.uv_faces.ravel()], axis=1), axis=0)
-    vertex_ids, uv_ids = pairs[:, 0], pairs[:, 1]
-    height, width = texture.mean.shape[:2]
-    uv = texture.uvs[uv_ids].astype(np.float64)
-    x = np.clip(uv[:, 0] * width - 0.5, 0.0, width - 1.0)
-    y = np.clip((1.0 - uv[:, 1]) * height - 0.5, 0.0, height - 1.0)
-    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-
-    def bilinear(image: np.ndarray) -> np.ndarray:
-        flat = image.reshape(height, width, -1)
-        top = flat[y0, x0] * (1 - fx) + flat[y0, x1] * fx
-        bottom = flat[y1, x0] * (1 - fx) + flat[y1, x1] * fx
-        return top * (1 - fy) + bottom * fy
-
-    counts = np.bincount(vertex_ids, minlength=num_vertices).astype(np.float64)[:, None]
-    counts[counts == 0] = 1.0
-
-    def per_vertex(samples: np.ndarray) -> np.ndarray:
-        total = np.zeros((num_vertices, samples.shape[1]))
-        np.add.at(total, vertex_ids, samples)
-        return total / counts
-
-    num_components = texture.basis.shape[3]
-    mean = per_vertex(bilinear(texture.mean)).astype(np.float32)
-    basis = per_vertex(bilinear(texture.basis)).reshape(num_vertices, 3, num_components).astype(np.float32)
-    return mean, basis
+    mean = torch.from_numpy(np.ascontiguousarray(texture.mean.transpose(2, 0, 1)))[None]  # (1, 3, H, W)
+    basis = torch.from_numpy(texture.basis).permute(3, 2, 0, 1)  # (K, 3, H, W)
+    mean = torch.nn.functional.interpolate(mean, size=(size, size), mode="nearest")[0]
+    basis = torch.nn.functional.interpolate(basis, size=(size, size), mode="nearest")
+    return mean.contiguous(), basis.contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,9 +329,10 @@ class DecaHeadPrior(HeadPrior):
     HeadParams made here: shape (1, 100), expression (1, 50), jaw (1, 3) axis-angle, rotation
     (1, 3) degrees, camera (1, 3), albedo (1, 50) FLAME texture coefficients, lighting (1, 9, 3)
     DECA's SH coefficients (DECA's basis order and constants, see
-    caphuman/head/spherical_harmonics.py). Per-vertex albedo is the FLAME texture space sampled at
-    the vertices' UVs (DECA samples the full UV map per pixel; on FLAME's ~5k vertices the
-    difference is texture detail between vertices).
+    caphuman/head/spherical_harmonics.py). Meshes are rendered with DECA's SRenderY formulas:
+    the albedo map (FLAME texture space at 256 px, see :func:`uv_albedo_space`) is looked up per
+    pixel at the interpolated texture coordinate; normals are the interpolated unit vertex
+    normals, not renormalised, and feed the SH shading as they are; nothing is clamped.
     """
 
     name = "deca"
@@ -388,11 +364,17 @@ class DecaHeadPrior(HeadPrior):
         self.encoder = load_deca_encoder(paths.deca_model, self.device)
         self.flame = FlameLayer(load_flame_model(paths.flame_model), NUM_SHAPE, NUM_EXPRESSION).to(self.device)
         texture = load_flame_texture(paths.flame_texture, NUM_TEXTURE, paths.head_template)
-        mean, basis = vertex_texture_samples(texture, self.flame.faces.cpu().numpy())
-        if mean.shape[0] != self.flame.num_vertices:
-            raise CapHumanError(f"FLAME texture covers {mean.shape[0]} vertices but FLAME has {self.flame.num_vertices}.")
-        self.vertex_albedo_mean = torch.from_numpy(mean).to(self.device)
-        self.vertex_albedo_basis = torch.from_numpy(basis).to(self.device)
+        faces = self.flame.faces.cpu()
+        if texture.uv_faces.shape != tuple(faces.shape):
+            raise CapHumanError(f"FLAME texture coordinates cover {texture.uv_faces.shape[0]} triangles but FLAME has {faces.shape[0]}.")
+        if texture.uv_faces.size and int(texture.uv_faces.max()) >= texture.uvs.shape[0]:
+            raise CapHumanError(f"FLAME texture triangles index {int(texture.uv_faces.max()) + 1} texture coordinates, the file has {texture.uvs.shape[0]}.")
+        mean, basis = uv_albedo_space(texture)
+        self.albedo_map_mean = mean.to(self.device)  # (3, 256, 256)
+        self.albedo_map_basis = basis.to(self.device)  # (K, 3, 256, 256)
+        self.uvs = torch.from_numpy(texture.uvs).to(self.device)
+        self.uv_faces = torch.from_numpy(texture.uv_faces).to(self.device)
+        del texture  # drop the full-resolution basis (about 160 MB at 512 px) now
         logger.info("DECA head prior loaded from %s (FLAME: %d vertices).", paths.deca_model.parent, self.flame.num_vertices)
 
     @property
@@ -446,7 +428,8 @@ class DecaHeadPrior(HeadPrior):
         )
 
     def mesh(self, params: HeadParams) -> HeadMesh:
-        """FLAME posed by ``params`` in normalised camera coordinates, with per-vertex albedo.
+        """FLAME posed by ``params`` in normalised camera coordinates, with its UV albedo map and
+        DECA's shading rules (no renormalised normals, no clamping).
 
         vertices = scale * FLAME(shape, expression, rotation about the root joint, jaw) + (tx, ty, 0);
         z keeps the same scale, so normals and depth order match the image plane.
@@ -465,12 +448,17 @@ class DecaHeadPrior(HeadPrior):
         scale, tx, ty = p.camera.to(dtype).unbind(-1)
         offset = torch.stack([tx, ty, torch.zeros_like(tx)], dim=-1)
         vertices = scale[:, None, None] * vertices + offset[:, None, :]
-        albedo = self.vertex_albedo_mean + torch.einsum("vck,bk->bvc", self.vertex_albedo_basis, p.albedo.to(dtype))
+        # DECA's FLAMETex: mean + basis . code, never clamped (the published hints keep any
+        # excursion outside [0, 1]).
+        albedo_map = self.albedo_map_mean + torch.einsum("kchw,bk->bchw", self.albedo_map_basis, p.albedo.to(dtype))
         return HeadMesh(
             vertices=vertices,
             faces=self.flame.faces,
-            albedo=albedo.clamp(0.0, 1.0),
+            albedo=None,
             lighting=p.lighting.to(dtype),
+            texture=UVTexture(image=albedo_map, uvs=self.uvs, uv_faces=self.uv_faces),
+            renormalize_normals=False,
+            clamp_colours=False,
         )
 
 
@@ -487,5 +475,5 @@ __all__ = [
     "crop_window_from_face",
     "load_deca_encoder",
     "rotation_from_deca",
-    "vertex_texture_samples",
+    "uv_albedo_space",
 ]

@@ -1,8 +1,11 @@
 """The 9-channel head condition ("hint") CapFace sees: normals, albedo and shaded render.
 
 Channel order is CapHuman's published one: surface normals (3, camera frame, in [-1, 1]),
-albedo (3, in [0, 1]) and the Lambertian SH-shaded render (3, albedo x shading, in [0, 1]).
-All three are 0 on the background; ``mask`` marks the head.
+albedo (3) and the Lambertian SH-shaded render (3, albedo x shading). All three are 0 on the
+background; ``mask`` marks the head. Each prior's mesh says how it is shaded: the DECA prior with
+DECA's own formulas (albedo looked up per pixel in the UV map, interpolated unit vertex normals
+not renormalised, nothing clamped, so albedo and shaded may leave [0, 1] as in the published
+hints); the built-in prior with per-vertex albedo, unit normals and both colours clipped to [0, 1].
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class HeadHint:
     """A rendered head condition.
 
     Attributes:
-        hint: (B, 9, H, W) float32: normals in [-1, 1], albedo in [0, 1], shaded render in [0, 1].
+        hint: (B, 9, H, W) float32: normals in [-1, 1], albedo, shaded render (see the module docstring).
         mask: (B, 1, H, W) float32, 1 where the head covers the pixel.
     """
 
@@ -53,7 +56,8 @@ def render_hint(
     if (renderer.height, renderer.width) != (image_size, image_size):
         raise ValueError(f"renderer renders {renderer.height}x{renderer.width}, expected {image_size}x{image_size}.")
     output = renderer.render_mesh(prior.mesh(params))
-    hint = torch.cat([output.normals, output.albedo.clamp(0.0, 1.0), output.shaded], dim=1) * output.mask
+    # The renderer applies the prior's own rules (clipping included); this only stacks the channels.
+    hint = torch.cat([output.normals, output.albedo, output.shaded], dim=1) * output.mask
     return HeadHint(hint=hint, mask=output.mask)
 
 

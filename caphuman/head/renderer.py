@@ -19,6 +19,14 @@ How it rasterises (no loop over pixels, one loop over chunks of triangles):
    differentiable tensor ops, and per-vertex attributes are interpolated. Gradients therefore
    reach vertices, albedo and lighting (not visibility).
 
+Shading, per covered pixel: normal = barycentric interpolation of the unit vertex normals
+(renormalised to unit length or not, see ``renormalize_normals``); albedo = interpolated
+per-vertex albedo, or a bilinear lookup of a UV albedo map at the interpolated texture coordinate
+(``texture``, as DECA's renderer does with ``grid_sample(align_corners=False)``); shading = SH
+irradiance of that normal; shaded = albedo x shading (clipped to [0, 1] or not, see
+``clamp_colours``). With ``renormalize_normals=False, clamp_colours=False`` and a UV texture these
+are the formulas of DECA's ``SRenderY`` that CapHuman's training hints were rendered with.
+
 There is no back-face culling: the head priors' meshes may be open (a face mask seen from the side
 shows its back), and the z-buffer hides back faces of closed meshes anyway. Back faces keep their
 interpolated normals, which then point away from the viewer.
@@ -31,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from caphuman.head.prior import HeadMesh
+from caphuman.head.prior import HeadMesh, UVTexture
 from caphuman.head.spherical_harmonics import sh_shading
 
 logger = logging.getLogger(__name__)
@@ -55,12 +63,15 @@ class RenderOutput:
     """Rendered images of a batch of meshes; every tensor is float32 on the mesh's device unless noted.
 
     Attributes:
-        normals: (B, 3, H, W) unit normals in the camera frame (x right, y up, z towards the viewer),
-            components in [-1, 1]; 0 on the background.
-        albedo: (B, 3, H, W) interpolated albedo in [0, 1]; 0 on the background.
+        normals: (B, 3, H, W) normals in the camera frame (x right, y up, z towards the viewer):
+            unit length, or the interpolated unit vertex normals (length <= 1) when not
+            renormalised; 0 on the background.
+        albedo: (B, 3, H, W) albedo (interpolated per-vertex, or looked up in the UV map), clipped
+            to [0, 1] when colours are clamped; 0 on the background.
         shading: (B, 3, H, W) SH irradiance of ``normals`` under the lighting (not clipped); 0 on the
             background.
-        shaded: (B, 3, H, W) albedo * shading clipped to [0, 1]; 0 on the background.
+        shaded: (B, 3, H, W) albedo * shading, clipped to [0, 1] when colours are clamped; 0 on the
+            background.
         mask: (B, 1, H, W) 1 where a triangle covers the pixel centre, else 0.
         depth: (B, 1, H, W) interpolated z of the visible surface (larger is closer); 0 on the background.
         face_index: (B, 1, H, W) int64 index into ``faces`` of the triangle seen at each pixel; -1 on
@@ -120,28 +131,48 @@ class MeshRenderer:
         self.pairs_per_chunk = int(pairs_per_chunk)
 
     def render_mesh(self, mesh: HeadMesh) -> RenderOutput:
-        """Render a :class:`HeadMesh` (see :meth:`render`)."""
-        return self.render(mesh.vertices, mesh.faces, mesh.albedo, mesh.lighting)
+        """Render a :class:`HeadMesh` with its own albedo source and shading rules (see :meth:`render`)."""
+        return self.render(
+            mesh.vertices,
+            mesh.faces,
+            mesh.albedo,
+            mesh.lighting,
+            texture=mesh.texture,
+            renormalize_normals=mesh.renormalize_normals,
+            clamp_colours=mesh.clamp_colours,
+        )
 
     def render(
-        self, vertices: torch.Tensor, faces: torch.Tensor, albedo: torch.Tensor, lighting: torch.Tensor
+        self,
+        vertices: torch.Tensor,
+        faces: torch.Tensor,
+        albedo: torch.Tensor | None,
+        lighting: torch.Tensor,
+        *,
+        texture: UVTexture | None = None,
+        renormalize_normals: bool = True,
+        clamp_colours: bool = True,
     ) -> RenderOutput:
         """Rasterise and shade a batch of meshes that share one triangle list.
 
         Args:
             vertices: (B, V, 3) normalised camera coordinates (see module docstring).
             faces: (F, 3) long vertex indices.
-            albedo: (B, V, 3) per-vertex albedo in [0, 1].
+            albedo: (B, V, 3) per-vertex albedo, or None when ``texture`` is given.
             lighting: (B, 9, 3) SH coefficients per RGB channel.
+            texture: UV albedo map (B, 3, Ht, Wt) with its texture coordinates, looked up per pixel.
+            renormalize_normals: rescale interpolated normals to unit length (False: DECA's rule).
+            clamp_colours: clip albedo and shaded images to [0, 1] (False: DECA's rule).
 
         Returns:
             A :class:`RenderOutput` of size (self.height, self.width).
         """
-        batch, vertex_count = self._check_inputs(vertices, faces, albedo, lighting)
+        batch, vertex_count = self._check_inputs(vertices, faces, albedo, lighting, texture)
         vertices = vertices.float()
         device = vertices.device
         faces = faces.to(device=device, dtype=torch.long)
-        albedo = albedo.to(device=device, dtype=torch.float32)
+        if albedo is not None:
+            albedo = albedo.to(device=device, dtype=torch.float32)
         lighting = lighting.to(device=device, dtype=torch.float32)
         face_count = max(faces.shape[0], 1)  # only used as a divisor
         height, width = self.height, self.width
@@ -162,18 +193,23 @@ class MeshRenderer:
             flat = per_vertex.reshape(batch * vertex_count, -1)
             return (flat[corner_vertices] * weights[:, :, None]).sum(dim=1)  # (P, C)
 
-        pixel_normals = torch.nn.functional.normalize(
-            interpolate(vertex_normals(vertices, faces)), dim=-1, eps=1e-12
-        )
-        pixel_albedo = interpolate(albedo)
+        pixel_normals = interpolate(vertex_normals(vertices, faces))
+        if renormalize_normals:
+            pixel_normals = torch.nn.functional.normalize(pixel_normals, dim=-1, eps=1e-12)
         pixel_depth = interpolate(vertices[..., 2:])
 
         normals = self._scatter_image(pixel_ids, pixel_normals, batch)
-        albedo_image = self._scatter_image(pixel_ids, pixel_albedo, batch)
         depth = self._scatter_image(pixel_ids, pixel_depth, batch)
         mask = covered.view(batch, 1, height, width).float()
+        if texture is None:
+            albedo_image = self._scatter_image(pixel_ids, interpolate(albedo), batch)
+        else:
+            albedo_image = self._texture_lookup(texture, owner % face_count, weights, pixel_ids, batch) * mask
         shading = sh_shading(normals, lighting) * mask
-        shaded = (albedo_image * shading).clamp(0.0, 1.0)
+        shaded = albedo_image * shading
+        if clamp_colours:
+            albedo_image = albedo_image.clamp(0.0, 1.0)
+            shaded = shaded.clamp(0.0, 1.0)
         local_face_index = torch.where(covered, face_index % face_count, face_index)
         return RenderOutput(
             normals=normals,
@@ -187,9 +223,32 @@ class MeshRenderer:
 
     # ----------------------------------------------------------------------------------------------
 
+    def _texture_lookup(
+        self, texture: UVTexture, local_faces: torch.Tensor, weights: torch.Tensor, pixel_ids: torch.Tensor, batch: int
+    ) -> torch.Tensor:
+        """(B, 3, H, W) albedo sampled bilinearly from the UV map at each pixel's interpolated (u, v).
+
+        As DECA's SRenderY: the texture coordinate is interpolated like any vertex attribute, mapped
+        to grid_sample's frame (x = 2u - 1, y = 1 - 2v: v up, the map's row 0 on top) and sampled
+        with ``grid_sample(align_corners=False)`` (texel centres at (j + 0.5) / W, zeros outside).
+        Background pixels sample at (0, 0); the caller masks them.
+        """
+        device = weights.device
+        uvs = texture.uvs.to(device=device, dtype=torch.float32)
+        corner_uvs = uvs[texture.uv_faces.to(device=device, dtype=torch.long)[local_faces]]  # (P, 3, 2)
+        pixel_uv = (corner_uvs * weights[:, :, None]).sum(dim=1)
+        grid_values = torch.stack([2.0 * pixel_uv[:, 0] - 1.0, 1.0 - 2.0 * pixel_uv[:, 1]], dim=-1)
+        grid = self._scatter_image(pixel_ids, grid_values, batch).permute(0, 2, 3, 1)  # (B, H, W, 2)
+        image = texture.image.to(device=device, dtype=torch.float32)
+        return torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
     @staticmethod
     def _check_inputs(
-        vertices: torch.Tensor, faces: torch.Tensor, albedo: torch.Tensor, lighting: torch.Tensor
+        vertices: torch.Tensor,
+        faces: torch.Tensor,
+        albedo: torch.Tensor | None,
+        lighting: torch.Tensor,
+        texture: UVTexture | None = None,
     ) -> tuple[int, int]:
         if vertices.ndim != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"vertices must be (B, V, 3), got {tuple(vertices.shape)}.")
@@ -198,8 +257,19 @@ class MeshRenderer:
             raise ValueError(f"faces must be an integer (F, 3) tensor, got {tuple(faces.shape)} {faces.dtype}.")
         if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= vertex_count):
             raise ValueError(f"faces index vertices outside [0, {vertex_count}).")
-        if albedo.shape != vertices.shape:
+        if (albedo is None) == (texture is None):
+            raise ValueError("Give the albedo either per vertex or as a UV texture (exactly one of them).")
+        if albedo is not None and albedo.shape != vertices.shape:
             raise ValueError(f"albedo must be (B, V, 3) like vertices {tuple(vertices.shape)}, got {tuple(albedo.shape)}.")
+        if texture is not None:
+            if texture.image.ndim != 4 or texture.image.shape[:2] != (batch, 3):
+                raise ValueError(f"texture image must be ({batch}, 3, Ht, Wt), got {tuple(texture.image.shape)}.")
+            if texture.uvs.ndim != 2 or texture.uvs.shape[1] != 2:
+                raise ValueError(f"texture uvs must be (T, 2), got {tuple(texture.uvs.shape)}.")
+            if texture.uv_faces.shape != faces.shape or texture.uv_faces.dtype.is_floating_point:
+                raise ValueError(f"texture uv_faces must be integer {tuple(faces.shape)} like faces, got {tuple(texture.uv_faces.shape)}.")
+            if texture.uv_faces.numel() and (int(texture.uv_faces.min()) < 0 or int(texture.uv_faces.max()) >= texture.uvs.shape[0]):
+                raise ValueError(f"texture uv_faces index texture coordinates outside [0, {texture.uvs.shape[0]}).")
         if lighting.shape != (batch, 9, 3):
             raise ValueError(f"lighting must be ({batch}, 9, 3), got {tuple(lighting.shape)}.")
         if batch * max(faces.shape[0], 1) >= 2**31:
