@@ -6,6 +6,11 @@ mask > 0.5) are added to the frozen UNet's middle block and decoder skips, while
 cross-attention sees only the text. Classifier-free guidance is on the text: the negative branch
 keeps the identity tokens and hint, so CapFace's output is the same for both branches and is
 computed once per step.
+
+An optional second branch, ``body_controlnet`` (the official OpenPose ControlNet), reads a pose map
+(body, hands, face dots; caphuman/body/) with each guidance branch's TEXT embeddings, as in
+ControlNet; its residuals, times ``body_control_strength``, are added to CapFace's without the face
+mask gate. At strength 0 (the published default) or without a map it is not run at all.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
@@ -50,7 +55,8 @@ class CapHumanPipelineOutput(BaseOutput):
 class CapHumanPipeline(DiffusionPipeline):
     """Text + identity + 3D head condition -> images. See the module docstring."""
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->identity_encoder->capface->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->identity_encoder->capface->body_controlnet->unet->vae"
+    _optional_components = ["body_controlnet"]
 
     def __init__(
         self,
@@ -64,6 +70,7 @@ class CapHumanPipeline(DiffusionPipeline):
         image_processor: CLIPImageProcessor,
         scheduler: SchedulerMixin,
         face_recognizer: FaceRecognizer | None = None,
+        body_controlnet: ControlNetModel | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -77,6 +84,7 @@ class CapHumanPipeline(DiffusionPipeline):
             image_processor=image_processor,
             scheduler=scheduler,
             face_recognizer=face_recognizer,
+            body_controlnet=body_controlnet,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -165,12 +173,22 @@ class CapHumanPipeline(DiffusionPipeline):
         identity_guidance_scale: float | None,
         capface_strength: float,
         mask_gating: bool,
+        body_map: torch.Tensor | None = None,
+        body_control_strength: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Guided noise prediction for (N, 4, h, w) latents; returns (noise, face_mask)."""
+        """Guided noise prediction for (N, 4, h, w) latents; returns (noise, face_mask).
+
+        ``body_map`` (N, 3, H, W) in [0, 1] feeds the optional OpenPose ControlNet (see the module
+        docstring); it is skipped when None or at strength 0."""
         model_input = self.scheduler.scale_model_input(latents, timestep)
         down, mid, face_mask = self.capface_residuals(model_input, timestep, id_tokens, hint, capface_strength, mask_gating)
+        use_body = body_map is not None and body_control_strength != 0 and self.body_controlnet is not None
 
         if negative_embeds is None:  # no guidance: a single branch
+            if use_body:
+                down, mid = add_residuals(
+                    (down, mid), self.body_control_residuals(model_input, timestep, text_embeds, body_map, body_control_strength)
+                )
             noise = self.unet(
                 model_input, timestep, encoder_hidden_states=text_embeds,
                 down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
@@ -188,12 +206,21 @@ class CapHumanPipeline(DiffusionPipeline):
             branches_down.insert(0, down_no_id)
             branches_mid.insert(0, mid_no_id)
         count = len(branches_text)
+        all_down = None if down is None else [torch.cat(parts) for parts in zip(*branches_down)]
+        all_mid = None if mid is None else torch.cat(branches_mid)
+        if use_body:
+            # The ControlNet sees each branch's own text (negative text in the unconditional ones).
+            body = self.body_control_residuals(
+                torch.cat([model_input] * count), timestep, torch.cat(branches_text), torch.cat([body_map] * count),
+                body_control_strength,
+            )
+            all_down, all_mid = add_residuals((all_down, all_mid), body)
         noise = self.unet(
             torch.cat([model_input] * count),
             timestep,
             encoder_hidden_states=torch.cat(branches_text),
-            down_block_additional_residuals=None if down is None else [torch.cat(parts) for parts in zip(*branches_down)],
-            mid_block_additional_residual=None if mid is None else torch.cat(branches_mid),
+            down_block_additional_residuals=all_down,
+            mid_block_additional_residual=all_mid,
             return_dict=False,
         )[0].chunk(count)
         if identity_guidance_scale is None:
@@ -216,6 +243,43 @@ class CapHumanPipeline(DiffusionPipeline):
         output = self.capface(model_input, timestep, id_tokens, hint)
         down, mid = output.gated_residuals(strength, mask_gating)
         return down, mid, output.face_mask
+
+    def body_control_residuals(
+        self, model_input: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor, body_map: torch.Tensor,
+        strength: float,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The OpenPose ControlNet's residuals times ``strength`` (not guess mode, no mask gate),
+        for (N, 4, h, w) inputs, (N, T, D) text and an (N, 3, H, W) map in [0, 1]."""
+        down, mid = self.body_controlnet(
+            model_input.to(self.body_controlnet.dtype),
+            timestep,
+            encoder_hidden_states=text_embeds.to(self.body_controlnet.dtype),
+            controlnet_cond=body_map.to(self.body_controlnet.dtype),
+            conditioning_scale=float(strength),
+            return_dict=False,
+        )
+        return list(down), mid
+
+    def prepare_body_map(self, body_map, batch: int, height: int, width: int) -> torch.Tensor:
+        """A pose map as an (N, 3, H, W) tensor in [0, 1] on the execution device.
+
+        Accepts a PIL image, an (H, W, 3) uint8 array, or a float tensor (3, H, W) / (1 or B, 3, H, W)
+        already in [0, 1] (B = prompts; repeated per image by the caller)."""
+        if isinstance(body_map, PIL.Image.Image):
+            body_map = np.asarray(body_map.convert("RGB"))
+        if isinstance(body_map, np.ndarray):
+            if body_map.dtype != np.uint8 or body_map.ndim != 3 or body_map.shape[2] != 3:
+                raise ValueError(f"body_map as an array must be (H, W, 3) uint8, got {body_map.dtype} {body_map.shape}.")
+            body_map = torch.from_numpy(np.array(body_map)).permute(2, 0, 1).float() / 255.0
+        if not isinstance(body_map, torch.Tensor):
+            raise ValueError(f"body_map must be a PIL image, a uint8 array or a tensor, got {type(body_map).__name__}.")
+        if body_map.ndim == 3:
+            body_map = body_map[None]
+        if body_map.ndim != 4 or body_map.shape[1] != 3 or body_map.shape[0] not in (1, batch):
+            raise ValueError(f"body_map must be (3, H, W), (1, 3, H, W) or ({batch}, 3, H, W), got {tuple(body_map.shape)}.")
+        if tuple(body_map.shape[-2:]) != (height, width):
+            raise ValueError(f"body_map is {body_map.shape[-2]}x{body_map.shape[-1]} but the image is {height}x{width}.")
+        return body_map.expand(batch, -1, -1, -1).to(self._execution_device, self.body_controlnet.dtype)
 
     # 4. the loop ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -241,6 +305,8 @@ class CapHumanPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        body_map: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        body_control_strength: float = 0.0,
     ) -> CapHumanPipelineOutput:
         """Generate images.
 
@@ -261,6 +327,10 @@ class CapHumanPipeline(DiffusionPipeline):
             generator: torch.Generator(s) for reproducible latents.
             output_type: "pil", "np", "pt" or "latent".
             callback: called as callback(step_index, timestep, latents) after each step.
+            body_map: pose map for the optional OpenPose ControlNet (caphuman.body.draw_openpose_map):
+                a PIL image or (H, W, 3) uint8 array, or a tensor in [0, 1] of shape (3, H, W),
+                (1, 3, H, W) or (B, 3, H, W).
+            body_control_strength: scale of the OpenPose ControlNet's residuals (published default 0: off).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negative_prompt = "" if negative_prompt is None else negative_prompt
@@ -272,6 +342,11 @@ class CapHumanPipeline(DiffusionPipeline):
             prompts, negative_prompts, hint, references, identity, height, width, num_inference_steps,
             guidance_scale, identity_guidance_scale, capface_strength, reference_fusion, tau,
         )
+        if body_control_strength < 0:
+            raise ValueError(f"body_control_strength must be >= 0, got {body_control_strength}.")
+        use_body = body_map is not None and body_control_strength != 0
+        if use_body and self.body_controlnet is None:
+            raise ValueError("body_control_strength > 0 needs a pipeline with a body_controlnet (the OpenPose ControlNet).")
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         # As the published DDIM sampler: guidance runs for any scale but exactly 1 (below 1 too).
@@ -285,6 +360,7 @@ class CapHumanPipeline(DiffusionPipeline):
         id_tokens = self.encode_identity(references, identity, len(prompts), reference_fusion)
         id_tokens = id_tokens.to(self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
         hint = check_hint(hint, len(prompts), height, width).to(device, self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
+        body_map = self.prepare_body_map(body_map, len(prompts), height, width).repeat_interleave(num_images_per_prompt, 0) if use_body else None
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
@@ -301,6 +377,7 @@ class CapHumanPipeline(DiffusionPipeline):
                 noise, face_mask = self.predict_noise(
                     latents, timestep, text_embeds, negative_embeds, step_tokens, hint,
                     guidance_scale, identity_guidance_scale, capface_strength, mask_gating,
+                    body_map=body_map, body_control_strength=body_control_strength,
                 )
                 latents = self.scheduler.step(noise, timestep, latents, **step_kwargs, return_dict=False)[0]
                 if callback is not None:
@@ -314,6 +391,18 @@ class CapHumanPipeline(DiffusionPipeline):
             images = self.vae_image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
         self.maybe_free_model_hooks()
         return CapHumanPipelineOutput(images=images, face_masks=face_mask)
+
+
+def add_residuals(
+    first: tuple[list[torch.Tensor] | None, torch.Tensor | None], second: tuple[list[torch.Tensor], torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Sum two branches' (down residuals, mid residual), as diffusers' MultiControlNetModel does;
+    a branch that was skipped (None) contributes nothing."""
+    down, mid = first
+    extra_down, extra_mid = second
+    if down is None:
+        return extra_down, extra_mid
+    return [a + b for a, b in zip(down, extra_down)], mid + extra_mid
 
 
 __all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "SCHEDULERS"]

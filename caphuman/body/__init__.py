@@ -1,0 +1,1 @@
+"""Body and hand pose maps for the second (OpenPose) ControlNet."""
