@@ -1,0 +1,101 @@
+"""The second control branch: lllyasviel's ControlNet v1.1 OpenPose for SD 1.5, as diffusers'
+ControlNetModel.
+
+It comes as the original single file (``control_v11p_sd15_openpose.pth``: ``control_model.*``
+keys in the ldm ControlNet layout: ``input_hint_block.*``, ``input_blocks.*``, ``zero_convs.*``,
+``middle_block.*``, ``middle_block_out.*``) or as a diffusers folder (config.json + weights, e.g.
+lllyasviel/control_v11p_sd15_openpose). A single file has no config, and no hub is reachable to
+fetch one, so the architecture is set explicitly: the SD 1.5 UNet's encoder (the backbone's UNet
+config) with a 3-channel hint, which is what ``control_v11p_sd15_openpose.yaml`` describes. The
+keys are converted by diffusers' own ``convert_controlnet_checkpoint`` (what
+``ControlNetModel.from_single_file`` runs) and assigned without a second copy. Pickled files are
+opened only with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ControlNetModel
+
+from caphuman.errors import MissingWeightsError
+from caphuman.models.architectures import SD15_UNET
+from caphuman.models.sd_loading import _assign_state_dict, _empty_module, _from_pretrained
+from caphuman.weights import read_state_dict
+
+logger = logging.getLogger(__name__)
+
+OPENPOSE_HINT_CHANNELS = 3
+ORIGINAL_CONTROLNET_PREFIX = "control_model."
+BODY_CONTROLNET_SOURCE = (
+    "https://huggingface.co/lllyasviel/ControlNet-v1-1 (control_v11p_sd15_openpose.pth) or the diffusers folder "
+    "https://huggingface.co/lllyasviel/control_v11p_sd15_openpose (`caphuman download body_controlnet`)"
+)
+
+
+def controlnet_config_from_unet(unet_config: Mapping[str, Any] | None = None, conditioning_channels: int = OPENPOSE_HINT_CHANNELS) -> dict[str, Any]:
+    """ControlNetModel config for a UNet's encoder (default: SD 1.5's) with an ``conditioning_channels`` hint,
+    as ``ControlNetModel.from_unet`` would build it."""
+    unet_config = dict(SD15_UNET if unet_config is None else unet_config)
+    accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+    config = {key: value for key, value in unet_config.items() if key in accepted}
+    config["conditioning_channels"] = int(conditioning_channels)
+    return config
+
+
+def convert_original_controlnet(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Original (ldm) ControlNet keys, with or without ``control_model.``, -> ControlNetModel keys."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    return convert_controlnet_checkpoint(dict(state), dict(config))
+
+
+def original_controlnet_state_dict(controlnet: ControlNetModel) -> dict[str, torch.Tensor]:
+    """A ControlNetModel's weights under the original file's names (``control_model.`` + ldm names)."""
+    from caphuman.convert import ldm_controlnet_state_dict
+
+    return {ORIGINAL_CONTROLNET_PREFIX + key: value for key, value in ldm_controlnet_state_dict(controlnet).items()}
+
+
+def load_body_controlnet(
+    path: str | Path, unet_config: Mapping[str, Any] | None = None, dtype: torch.dtype = torch.float32
+) -> ControlNetModel:
+    """The OpenPose ControlNet from a diffusers folder or an original single file (eval mode).
+
+    Args:
+        path: a folder with config.json, or a .pth/.ckpt/.safetensors file.
+        unet_config: the backbone UNet's config, which a single file's architecture follows
+            (default: SD 1.5's).
+    Raises:
+        MissingWeightsError: nothing at ``path``.
+        CapHumanError: unreadable file, a pickle weights_only refuses, or keys/shapes that do not
+            fit the architecture (naming the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingWeightsError("OpenPose ControlNet", str(path), BODY_CONTROLNET_SOURCE)
+    if path.is_dir():
+        controlnet = _from_pretrained(ControlNetModel, path, "OpenPose ControlNet", torch_dtype=dtype)
+        return controlnet.eval()
+    config = controlnet_config_from_unet(unet_config)
+    state = read_state_dict(path, what="OpenPose ControlNet", source=BODY_CONTROLNET_SOURCE)
+    converted = convert_original_controlnet(state, config)
+    del state
+    controlnet = _empty_module(lambda: ControlNetModel.from_config(config))
+    controlnet = _assign_state_dict(controlnet, converted, path, "ControlNet", dtype)
+    logger.info("OpenPose ControlNet loaded from %s.", path)
+    return controlnet
+
+
+__all__ = [
+    "BODY_CONTROLNET_SOURCE",
+    "controlnet_config_from_unet",
+    "convert_original_controlnet",
+    "load_body_controlnet",
+    "original_controlnet_state_dict",
+]
