@@ -81,6 +81,9 @@ class ModelConfig:
     # Trained CapHuman parts (CapFace + projections) as written by `caphuman convert` or training;
     # null starts CapFace fresh from the UNet (zero convolutions: the model then equals SD).
     caphuman: Optional[str] = "caphuman"
+    # The official second ControlNet (OpenPose, control_v11p_sd15_openpose.pth or a diffusers
+    # folder); null: none. Used only when sampling.body_control_strength > 0.
+    body_controlnet: Optional[str] = None
     face_recognizer: str = "facenet"
     # Width of the global identity embedding: 512 for FaceNet/ArcFace, 128 for dlib.
     face_embedding_dim: int = 512
@@ -133,6 +136,10 @@ class SamplingConfig:
     negative_prompt: str = ""
     dtype: str = "auto"
     attention: str = "sdpa"
+    # Scale of the OpenPose ControlNet's residuals (official default 0: off) and the layers of
+    # its map (face dots, body, hands), as the official --controlnet_strength / --controlnet_mode.
+    body_control_strength: float = 0.0
+    body_modes: str = "face,body"
 
     def __post_init__(self) -> None:
         from caphuman.schedulers import SCHEDULERS
@@ -145,6 +152,10 @@ class SamplingConfig:
         check_positive("sampling.capface_strength", self.capface_strength, allow_zero=True)
         check_positive("sampling.num_images", self.num_images)
         check_positive("sampling.eta", self.eta, allow_zero=True)
+        check_positive("sampling.body_control_strength", self.body_control_strength, allow_zero=True)
+        body_modes = [m.strip() for m in self.body_modes.split(",") if m.strip()]
+        if not body_modes or any(m not in ("face", "body", "hand") for m in body_modes):
+            raise ConfigError(f"sampling.body_modes must be a comma list of face, body, hand, got '{self.body_modes}'.")
         if self.identity_guidance_scale is not None:
             check_positive("sampling.identity_guidance_scale", self.identity_guidance_scale, allow_zero=True)
         if not 0 <= self.tau <= 1000:

@@ -133,6 +133,16 @@ def load_adapter(config: CapHumanConfig, backbone: Backbone, weights_dir: str | 
     return adapter
 
 
+def load_body_controlnet_for(config: CapHumanConfig, backbone: Backbone, weights_dir: str | Path):
+    """The OpenPose ControlNet when the config uses it (a path and a strength > 0), else None, so
+    the default run never reads the 1.4 GB file."""
+    if config.model.body_controlnet is None or config.sampling.body_control_strength == 0:
+        return None
+    from caphuman.models.body_controlnet import load_body_controlnet
+
+    return load_body_controlnet(weights_path(weights_dir, config.model.body_controlnet), unet_config=backbone.unet.config)
+
+
 def build_pipeline(
     config: CapHumanConfig, weights_dir: str | Path = "checkpoints", device: str | None = "auto", with_recognizer: bool = True
 ) -> CapHumanPipeline:
@@ -142,6 +152,7 @@ def build_pipeline(
     backbone = load_backbone(config, weights_dir)
     adapter = load_adapter(config, backbone, weights_dir)
     recognizer = load_face_recognizer(config, weights_dir, torch_device) if with_recognizer else None
+    body_controlnet = load_body_controlnet_for(config, backbone, weights_dir)
     pipe = CapHumanPipeline(
         vae=backbone.vae,
         text_encoder=backbone.text_encoder,
@@ -153,12 +164,13 @@ def build_pipeline(
         image_processor=backbone.image_processor,
         scheduler=make_scheduler(config.sampling.scheduler, backbone.scheduler_config),
         face_recognizer=recognizer,
+        body_controlnet=body_controlnet,
     )
     pipe = pipe.to(torch_device)
     if dtype != torch.float32:  # casting float32 -> float32 would only make diffusers warn
         pipe = pipe.to(dtype=dtype)
     if config.sampling.attention == "xformers":
-        enable_xformers([pipe.unet, pipe.capface, pipe.vae], torch_device)
+        enable_xformers([pipe.unet, pipe.capface, pipe.vae] + ([pipe.body_controlnet] if pipe.body_controlnet is not None else []), torch_device)
     return pipe
 
 

@@ -72,6 +72,7 @@ CAPABILITIES: dict[str, str] = {
     "face-parser-bisenet": "BiSeNet face parsing (else the face-mesh oval is used)",
     "head-prior-deca": "model.head_prior: deca (faithful to the released weights)",
     "eval-identity": "FaceNet identity similarity metric",
+    "body-controlnet": "caphuman sample --body-control-strength: the official second (OpenPose) ControlNet",
 }
 
 
@@ -483,6 +484,24 @@ def check_flame_texture(path: Path) -> str:
     return f"{texture.mean.shape[0]}x{texture.mean.shape[1]} texture"
 
 
+def check_body_controlnet(path: Path) -> str:
+    """An OpenPose ControlNet: a diffusers folder (config.json + weights) or an original single
+    file with the ldm ControlNet stem (``input_hint_block``), with or without ``control_model.``."""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CapHumanError(f"'{path}' is a folder without config.json.")
+        weights = _weights_in_folder(path, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
+        _require_keys(weights, tensor_shapes(weights), ("controlnet_cond_embedding.conv_in.weight",), "ControlNet weights")
+        return "diffusers folder"
+    shapes = tensor_shapes(path)
+    stem = shapes.get("control_model.input_hint_block.0.weight", shapes.get("input_hint_block.0.weight"))
+    if stem is None:
+        raise CapHumanError(f"'{path}' has no ControlNet hint stem (control_model.input_hint_block.0.weight); it is not a ControlNet file.")
+    if len(stem) != 4 or stem[1] != 3:
+        raise CapHumanError(f"'{path}' is a ControlNet for {stem[1] if len(stem) == 4 else '?'}-channel maps, not a 3-channel OpenPose map.")
+    return f"{len(shapes)} tensors"
+
+
 def check_plain_file(path: Path) -> str:
     if not path.is_file() or path.stat().st_size == 0:
         raise CapHumanError(f"'{path}' is empty or not a file.")
@@ -501,6 +520,7 @@ VALIDATORS: dict[str, Callable[[Path], str]] = {
     "deca_model": check_deca_model,
     "flame_model": check_flame_model,
     "flame_texture": check_flame_texture,
+    "body_controlnet": check_body_controlnet,
     "file": check_plain_file,
 }
 # DECA/FLAME files are also found directly in the weights folder (DecaAssetPaths.locate).

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--scheduler", help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, unipc")
     sampling.add_argument("--seed", type=int)
     sampling.add_argument("--no-mask-gating", action="store_true", help="do not gate CapFace by its predicted face mask")
+    from caphuman.body.options import add_body_arguments
+
+    add_body_arguments(parser)
     parser.add_argument("--out", default="outputs/sample", help="output folder")
 
 
@@ -72,9 +75,12 @@ def config_from_args(args: argparse.Namespace) -> CapHumanConfig:
         "negative_prompt": args.negative_prompt,
         "mask_gating": False if args.no_mask_gating else None,
     }
+    from caphuman.body.options import body_config_overrides
+
+    body_sampling, body_model = body_config_overrides(args)
     overrides = {
-        "sampling": {key: value for key, value in sampling.items() if value is not None},
-        "model": {"head_prior": args.head_prior} if args.head_prior else {},
+        "sampling": {**{key: value for key, value in sampling.items() if value is not None}, **body_sampling},
+        "model": {**({"head_prior": args.head_prior} if args.head_prior else {}), **body_model},
     }
     return load_config(args.config, overrides)
 
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from caphuman.faces.reference import reference_face
     from caphuman.head.hint import hint_preview
     from caphuman.head.params import parse_modes, set_pose, transfer
+    from caphuman.body.condition import BODY_MAP_FILE, body_map_for_run, check_body_inputs
     from caphuman.loading import build_pipeline, face_parser_for_sampling, load_head_prior, resolve_device
 
     config = config_from_args(args)
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     references = [(path, pad_to_square(load_image(path))) for path in args.ref]
     driver_image = pad_to_square(load_image(args.pose_ref)) if args.pose_ref else None
     sampling = config.sampling
+    ready_body_map = check_body_inputs(args, config)
 
     with FaceDetector() as detector:
         faces = [(path, image, select_face(detector.detect(image), args.face_index, path)) for path, image in references]
@@ -137,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         if any(angle is not None for angle in (args.yaw, args.pitch, args.roll)):
             params = set_pose(params, args.yaw, args.pitch, args.roll)
         head_hint = render_hint_for_size(prior, params, sampling.height, sampling.width)
+        # The official map comes from the pose photo; without one, the reference is the pose.
+        body_map = body_map_for_run(config, ready_body_map, driver_image if driver_image is not None else references[0][1], prior, params)
 
         pipe = build_pipeline(config, args.weights, args.device)
         parser = face_parser_for_sampling(config, args.weights, device)
@@ -161,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         eta=sampling.eta,
         reference_fusion=config.model.reference_fusion,
         generator=generator,
+        body_map=body_map,
+        body_control_strength=sampling.body_control_strength,
     )
 
     out = Path(args.out)
@@ -168,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     for index, image in enumerate(output.images):
         save_png_atomically(image, out / f"image_{index:03d}.png")
     save_png_atomically(hint_preview(head_hint), out / "hint.png")
+    if body_map is not None:
+        save_png_atomically(Image.fromarray(body_map), out / BODY_MAP_FILE)
     run_facts = {
         "run": {
             "command": " ".join(sys.argv),

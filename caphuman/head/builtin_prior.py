@@ -312,6 +312,17 @@ class BuiltinHeadPrior(HeadPrior):
             clamp_colours=True,
         )
 
+    def landmarks68(self, params: HeadParams) -> torch.Tensor:
+        """(B, 68, 2) face landmarks in normalised camera coordinates (x right, y up), posed like
+        :meth:`mesh` (the mesh points at caphuman.head.landmarks.MEDIAPIPE_68)."""
+        from caphuman.head.landmarks import MEDIAPIPE_68, project
+
+        if params.backend != self.name:
+            raise ValueError(f"BuiltinHeadPrior.landmarks68 got parameters of the '{params.backend}' prior.")
+        dtype = torch.float32
+        base = self.model.vertices(params.shape.to(dtype), params.expression.to(dtype), params.jaw.to(dtype))
+        return project(base[:, list(MEDIAPIPE_68)], params)
+
     # ------------------------------------------------------------------------------ internals
 
     def _texture_and_light(self, params: HeadParams, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
