@@ -107,3 +107,19 @@ def test_bad_files_are_refused(tmp_path, tiny_backbone, random_controlnet):
     torch.save({"control_model.x": torch.zeros(1), "payload": argparse.Namespace(run="code")}, pickled)
     with pytest.raises(CapHumanError, match="evil.pth"):
         load_body_controlnet(pickled, unet_config=tiny_backbone.unet.config)
+
+
+def test_doctor_checks_both_forms(tmp_path, random_controlnet):
+    from caphuman.weights import STATUS_MALFORMED, STATUS_MISSING, STATUS_PRESENT, check_entry, load_manifest
+
+    entries = load_manifest()
+    single, folder = entries["body_controlnet"], entries["body_controlnet_diffusers"]
+    assert single.hf_repo == "lllyasviel/ControlNet-v1-1" and single.hf_filename == "control_v11p_sd15_openpose.pth"
+    assert folder.hf_repo == "lllyasviel/control_v11p_sd15_openpose"
+    assert check_entry(single, tmp_path).status == STATUS_MISSING
+    torch.save(original_controlnet_state_dict(random_controlnet), tmp_path / single.path)
+    assert check_entry(single, tmp_path).status == STATUS_PRESENT
+    random_controlnet.save_pretrained(tmp_path / folder.path)
+    assert check_entry(folder, tmp_path).status == STATUS_PRESENT
+    torch.save({"model.diffusion_model.conv_in.weight": torch.zeros(1)}, tmp_path / single.path)
+    assert check_entry(single, tmp_path).status == STATUS_MALFORMED

@@ -96,6 +96,14 @@ def check_body_inputs(args: argparse.Namespace, config) -> np.ndarray | None:
             "--body-control-strength > 0 needs the OpenPose ControlNet: set model.body_controlnet or pass --body-controlnet "
             "(`caphuman download body_controlnet` fetches control_v11p_sd15_openpose.pth)."
         )
+    if strength > 0:
+        from caphuman.loading import weights_path
+        from caphuman.models.body_controlnet import BODY_CONTROLNET_SOURCE
+        from caphuman.errors import MissingWeightsError
+
+        path = weights_path(getattr(args, "weights", "checkpoints"), config.model.body_controlnet)
+        if not path.exists():
+            raise MissingWeightsError("OpenPose ControlNet", str(path), BODY_CONTROLNET_SOURCE)
     if getattr(args, "body_map", None) and strength == 0:
         logger.warning("--body-map is ignored at --body-control-strength 0 (the OpenPose ControlNet is off).")
     if getattr(args, "body_map", None) and strength > 0:
