@@ -19,15 +19,20 @@ from caphuman.head.params import HeadParams
 from tests.test_deca import assets_dir  # noqa: F401  (module fixture: a tiny FLAME + DECA folder)
 
 
-def deca_params() -> HeadParams:
+def deca_params(yaw: float = 25.0, pitch: float = -10.0, roll: float = 5.0) -> HeadParams:
     return HeadParams(
         shape=torch.zeros(1, 100), expression=torch.zeros(1, 50), jaw=torch.zeros(1, 3),
-        rotation=torch.tensor([[25.0, -10.0, 5.0]]), camera=torch.tensor([[3.0, 0.1, -0.2]]),
+        rotation=torch.tensor([[yaw, pitch, roll]]), camera=torch.tensor([[3.0, 0.1, -0.2]]),
         albedo=torch.zeros(1, 50), lighting=torch.zeros(1, 9, 3), backend="deca",
     )
 
 
-def test_deca_landmarks_sit_on_the_posed_mesh(assets_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize(
+    # Rows of DECA's contour table, worked out by hand from FLAME._find_dynamic_lmk_idx_and_bcoords
+    # (angle about y = yaw when pitch = roll = 0; 0..39 kept, negative -> 39 - angle, < -39 -> 78).
+    "yaw, row", [(0.0, 0), (20.0, 20), (-20.0, 59), (50.0, 39), (-50.0, 78), (-12.4, 51)],
+)
+def test_deca_landmarks_sit_on_the_posed_mesh_with_the_yaw_contour(assets_dir, tmp_path, yaw, row):  # noqa: F811
     weights = tmp_path / "weights"
     shutil.copytree(assets_dir, weights)
     plain = DecaHeadPrior(weights)
@@ -35,18 +40,25 @@ def test_deca_landmarks_sit_on_the_posed_mesh(assets_dir, tmp_path):  # noqa: F8
         plain.landmarks68(deca_params())
 
     rng = np.random.default_rng(0)
-    faces = rng.integers(0, plain.flame.faces.shape[0], size=68)
-    bary = rng.dirichlet(np.ones(3), size=68).astype(np.float32)
-    # DECA's file: np.save of a dict (an object array); the 2D set is unused here.
+    num_faces = plain.flame.faces.shape[0]
+    static_faces = rng.integers(0, num_faces, size=51)
+    static_bary = rng.dirichlet(np.ones(3), size=51).astype(np.float32)
+    contour_faces = rng.integers(0, num_faces, size=(79, 17))
+    contour_bary = rng.dirichlet(np.ones(3), size=(79, 17)).astype(np.float32)
+    # DECA's file: np.save of a dict, the contour table as torch tensors (as DECA's FLAME reads it).
     np.save(weights / "deca" / "landmark_embedding.npy", {
-        "full_lmk_faces_idx": faces[None], "full_lmk_bary_coords": bary[None],
-        "static_lmk_faces_idx": faces[17:], "static_lmk_bary_coords": bary[17:],
+        "static_lmk_faces_idx": static_faces, "static_lmk_bary_coords": static_bary,
+        "dynamic_lmk_faces_idx": torch.from_numpy(contour_faces), "dynamic_lmk_bary_coords": torch.from_numpy(contour_bary),
+        "full_lmk_faces_idx": static_faces[None], "full_lmk_bary_coords": static_bary[None],
     }, allow_pickle=True)
     prior = DecaHeadPrior(weights)
-    ours = prior.landmarks68(deca_params())[0].numpy()
-    vertices = prior.mesh(deca_params()).vertices[0].numpy()
-    triangles = prior.flame.faces.cpu().numpy()[faces]
-    expected = np.einsum("lc,lcd->ld", bary, vertices[triangles])[:, :2]
+    params = deca_params(yaw=yaw, pitch=0.0, roll=0.0)
+    ours = prior.landmarks68(params)[0].numpy()
+    vertices = prior.mesh(params).vertices[0].numpy()
+    triangles = prior.flame.faces.cpu().numpy()
+    faces = np.concatenate([contour_faces[row], static_faces])
+    bary = np.concatenate([contour_bary[row], static_bary])
+    expected = np.einsum("lc,lcd->ld", bary, vertices[triangles[faces]])[:, :2]
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 

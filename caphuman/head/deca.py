@@ -379,27 +379,28 @@ class DecaHeadPrior(HeadPrior):
         self.landmark_embedding = self._load_landmarks(weights_dir)
         logger.info("DECA head prior loaded from %s (FLAME: %d vertices).", paths.deca_model.parent, self.flame.num_vertices)
 
-    def _load_landmarks(self, weights_dir) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _load_landmarks(self, weights_dir):
         """DECA's landmark_embedding.npy (optional: only the OpenPose map's face dots need it)."""
         from caphuman.head.landmarks import FLAME_LANDMARK_FILE, load_flame_landmarks
 
         for folder in (Path(weights_dir) / "deca", Path(weights_dir)):
             if (folder / FLAME_LANDMARK_FILE).is_file():
-                faces, weights = load_flame_landmarks(folder / FLAME_LANDMARK_FILE)
-                return torch.from_numpy(faces).to(self.device), torch.from_numpy(weights).to(self.device)
+                return load_flame_landmarks(folder / FLAME_LANDMARK_FILE).to(self.device)
         return None
 
     def landmarks68(self, params: HeadParams) -> torch.Tensor:
-        """(B, 68, 2) FLAME's 68 landmarks in normalised camera coordinates (x right, y up), on the
-        posed mesh of :meth:`mesh` (see caphuman/head/landmarks.py for which landmark set)."""
+        """(B, 68, 2) DECA's ``landmarks2d`` in normalised camera coordinates (x right, y up): on the
+        posed mesh of :meth:`mesh`, which already carries the orthographic camera (a barycentric
+        point of the camera-mapped mesh is the camera-mapped point)."""
+        from caphuman.head.landmarks import flame_landmarks68
+
         if self.landmark_embedding is None:
             raise NotImplementedError(
                 "The 'deca' head prior needs deca/landmark_embedding.npy (DECA's data/ folder) for the 68 face landmarks."
             )
-        faces, weights = self.landmark_embedding
         vertices = self.mesh(params).vertices  # (B, V, 3)
-        corners = vertices[:, self.flame.faces[faces]]  # (B, 68, 3 corners, 3)
-        return (corners * weights[None, :, :, None]).sum(dim=2)[..., :2]
+        rotation = rotation_matrix(params.rotation.to(vertices.device, torch.float32))
+        return flame_landmarks68(vertices, self.flame.faces, self.landmark_embedding, rotation)[..., :2]
 
     @property
     def detector(self) -> FaceDetector:
