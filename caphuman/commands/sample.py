@@ -1,7 +1,8 @@
 """Generate photos of the person in --ref, with the head set by --pose-ref and/or --yaw/--pitch/--roll.
 
 Writes image_000.png..., hint.png (a preview of the 9-channel head condition: normals, albedo,
-shaded render) and config.yaml (every setting, so the run can be repeated) into --out.
+shaded render) and config.yaml (every setting, so the run can be repeated) into --out; with
+--body-control-strength > 0 also body_map.png, the OpenPose ControlNet's map.
 
 Examples:
   caphuman sample --config configs/tiny.yaml --ref face.jpg --prompt "a photo of a person" --out outputs/tiny
@@ -188,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             "prompt": args.prompt,
             "references": [str(Path(path).resolve()) for path in args.ref],
             "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None,
+            "body_map": str(Path(args.body_map).resolve()) if args.body_map else None,
             "modes": list(modes),
             "yaw": args.yaw, "pitch": args.pitch, "roll": args.roll,
             "face_index": args.face_index,
