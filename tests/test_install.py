@@ -39,7 +39,10 @@ def installed(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation", "--target", str(target), str(source)],
-        check=True, cwd=source, capture_output=True, text=True,
+        check=True,
+        cwd=source,
+        capture_output=True,
+        text=True,
     )
     return target
 
@@ -76,7 +79,8 @@ def test_installed_sample_runs_from_another_folder(installed, tmp_path):
     reference = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(reference)
     out = tmp_path / "o"
-    command = ["-m", "caphuman.cli", "sample", "--config", "configs/tiny.yaml", "--ref", str(reference), "--prompt", "x", "--steps", "2", "--out", str(out)]
+    command = ["-m", "caphuman.cli", "sample", "--config", "configs/tiny.yaml", "--ref", str(reference)]
+    command += ["--prompt", "x", "--steps", "2", "--out", str(out)]
     # The working folder holds no configs/ folder: the config can only come from the package.
     assert not (tmp_path / "configs").exists()
     result = run_installed(command, installed, tmp_path)
@@ -87,6 +91,7 @@ def test_installed_sample_runs_from_another_folder(installed, tmp_path):
 
 @pytest.mark.slow
 def test_a_missing_config_is_still_a_user_error(installed, tmp_path):
-    result = run_installed(["-m", "caphuman.cli", "sample", "--config", "configs/nope.yaml", "--ref", "x.png", "--prompt", "x", "--out", "o"], installed, tmp_path)
+    command = ["-m", "caphuman.cli", "sample", "--config", "configs/nope.yaml", "--ref", "x.png", "--prompt", "x", "--out", "o"]
+    result = run_installed(command, installed, tmp_path)
     assert result.returncode == 2
     assert "configs/nope.yaml" in result.stderr and "Traceback" not in result.stderr
