@@ -47,10 +47,16 @@ extras_require = {
         "moderngl>=5.8",
         # export tiny torch models to ONNX to test the ArcFace-ONNX loader
         "onnx>=1.15",
+        # lint + format (pyproject.toml [tool.ruff]); pinned so everyone and .pre-commit-config.yaml
+        # (same rev) format identically.
+        "ruff==0.17.6",
     ],
     # Optional CUDA speed-ups; never required.
     "cuda": ["xformers"],
 }
+
+# Top-level data folders installed inside the package (see caphuman/_resources.py).
+SHIPPED_FOLDERS = {"caphuman._shipped.configs": "configs", "caphuman._shipped.checkpoints": "checkpoints"}
 
 setup(
     name="caphuman",
@@ -60,9 +66,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["caphuman", "caphuman.*"]),
-    include_package_data=True,
-    package_data={"caphuman": ["assets/**/*"]},
+    # The shipped configs and weights manifest stay at the repository top level (where users and
+    # the README name them); a regular install carries them as package data under
+    # caphuman/_shipped/, found by caphuman._resources.shipped_root().
+    packages=find_packages(include=["caphuman", "caphuman.*"]) + list(SHIPPED_FOLDERS),
+    package_dir=SHIPPED_FOLDERS,
+    package_data={"caphuman._shipped.configs": ["*.yaml", "benchmarks/*.yaml"], "caphuman._shipped.checkpoints": ["manifest.yaml"]},
     install_requires=install_requires,
     extras_require=extras_require,
     entry_points={"console_scripts": ["caphuman=caphuman.cli:main"]},

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from caphuman._resources import shipped_root
 from caphuman.errors import ConfigError
 
 BACKBONES = ("sd15", "tiny")
@@ -189,12 +190,13 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 def resolve_config_path(path: str | os.PathLike) -> Path:
     """``path`` as given, or, for a relative path such as ``configs/tiny.yaml`` that does not
-    exist from the current folder, the repository's own file of that name (so the shipped configs
-    work from any folder). Raises ConfigError when neither exists."""
+    exist from the current folder, the shipped file of that name (the repository's, or the installed
+    package's copy: see caphuman/_resources.py), so the shipped configs work from any folder.
+    Raises ConfigError when neither exists."""
     given = Path(path)
     if given.is_file():
         return given
-    shipped = REPOSITORY_ROOT / given
+    shipped = shipped_root() / given
     if not given.is_absolute() and shipped.is_file():
         return shipped
     raise ConfigError(f"Config file '{path}' does not exist.")

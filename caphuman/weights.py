@@ -30,13 +30,14 @@ from typing import Any
 import torch
 import yaml
 
+from caphuman._resources import shipped_root
 from caphuman.errors import CapHumanError, MissingWeightsError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.yaml"
-# The repository's checkpoints/manifest.yaml (the package lives next to checkpoints/).
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / MANIFEST_FILE
+# The repository's checkpoints/manifest.yaml, or its copy inside an installed package.
+DEFAULT_MANIFEST = shipped_root() / "checkpoints" / MANIFEST_FILE
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,

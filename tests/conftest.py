@@ -23,34 +23,28 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+# The tiny config users run (`caphuman sample --config configs/tiny.yaml`): fixtures build from it
+# through the same loaders the CLI uses, so tests exercise the user's path, not a hand-made copy.
+TINY_CONFIG = "configs/tiny.yaml"
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from caphuman.models.tiny import tiny_backbone as build
+    """The tiny backbone of configs/tiny.yaml, built once per session (nothing is read from disk)."""
+    from caphuman.config import load_config
+    from caphuman.loading import load_backbone
 
-    return build()
+    return load_backbone(load_config(TINY_CONFIG), weights_dir="checkpoints")
 
 
 @pytest.fixture()
-def tiny_pipeline(tiny_backbone):
-    """A fresh tiny CapHuman pipeline (zero-initialised CapFace) with a stand-in recogniser."""
-    from caphuman.faces.tiny_recognizer import TinyFaceRecognizer
-    from caphuman.models.adapter import CapHumanAdapter
-    from caphuman.pipeline import CapHumanPipeline
-    from caphuman.schedulers import make_scheduler
+def tiny_pipeline():
+    """A fresh tiny CapHuman pipeline (zero-initialised CapFace, stand-in recogniser) from
+    ``build_pipeline``, the builder `caphuman sample` calls; its own modules, so a test may cast or
+    change them without touching other tests."""
+    from caphuman.config import load_config
+    from caphuman.loading import build_pipeline
 
-    backbone = tiny_backbone
-    adapter = CapHumanAdapter.from_unet(backbone.unet, 512, backbone.image_encoder.config.hidden_size, seed=0)
-    pipe = CapHumanPipeline(
-        vae=backbone.vae,
-        text_encoder=backbone.text_encoder,
-        tokenizer=backbone.tokenizer,
-        unet=backbone.unet,
-        capface=adapter.capface,
-        identity_encoder=adapter.identity_encoder,
-        image_encoder=backbone.image_encoder,
-        image_processor=backbone.image_processor,
-        scheduler=make_scheduler("ddim", backbone.scheduler_config),
-        face_recognizer=TinyFaceRecognizer(512, seed=0),
-    )
+    pipe = build_pipeline(load_config(TINY_CONFIG), weights_dir="checkpoints", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe
