@@ -33,6 +33,10 @@ install_requires = [
     "face_recognition_models==0.3.0",
     "setuptools<81",
     "onnxruntime>=1.17",
+    # FaceNet's input exactly as the published CapHuman code crops it: facenet-pytorch's MTCNN,
+    # whose P/R/O-Net weights ship inside the wheel (offline). 2.5.3 is the official code's own pin;
+    # it needs only numpy, pillow, requests and torchvision (no torch/numpy pins of its own).
+    "facenet-pytorch==2.5.3",
     "lightning>=2.2",
     "tensorboard>=2.14",
     "matplotlib>=3.7",

@@ -26,6 +26,10 @@ HEAD_PRIORS = ("deca", "builtin")
 REFERENCE_FUSIONS = ("mean", "concat")
 ATTENTION_BACKENDS = ("sdpa", "xformers")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+CLIP_CROPS = ("official", "aligned")
+FACE_PARSERS = ("bisenet", "mesh", "auto")
+FACENET_CROPS = ("mtcnn", "mesh")
+PHOTO_FITS = ("squash", "pad")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -168,10 +172,53 @@ class SamplingConfig:
 
 
 @dataclass
+class IdentityConfig:
+    """How a reference photo becomes the identity models' inputs (defaults: the published script).
+
+    clip_crop: "official" = the whole photo, parsed at its native size, non-face painted white,
+        then CLIP's shortest-side-224 resize and centre crop (what the released inference does);
+        "aligned" = an eye/mouth-aligned 224 px face crop, non-face white (the framing of the
+        pre-aligned photos the released model was trained on).
+    face_parser: the non-face classes come from "bisenet" (79999_iter.pth, as released; a
+        missing file is an error), "mesh" (mediapipe's face oval, offline) or "auto" (BiSeNet
+        when its file is present, else the mesh oval).
+    facenet_crop: FaceNet's 160 px input from "mtcnn" (facenet-pytorch's MTCNN box, stretched
+        to 160 x 160, as released) or "mesh" (our detector's box, squared and black-padded).
+    """
+
+    clip_crop: str = "official"
+    face_parser: str = "bisenet"
+    facenet_crop: str = "mtcnn"
+
+    def __post_init__(self) -> None:
+        check_choice("identity.clip_crop", self.clip_crop, CLIP_CROPS)
+        check_choice("identity.face_parser", self.face_parser, FACE_PARSERS)
+        check_choice("identity.facenet_crop", self.facenet_crop, FACENET_CROPS)
+
+
+@dataclass
+class HeadInputConfig:
+    """How a photo reaches the head prior.
+
+    photo_fit: the head prior works on a square frame that becomes the image's frame.
+        "squash" resizes the photo to 512 x 512 whatever its shape (the published script; a
+        non-square face is stretched); "pad" pads it to a square with its edge pixels first
+        (keeps proportions; the generated image then shows the padded frame).
+    """
+
+    photo_fit: str = "squash"
+
+    def __post_init__(self) -> None:
+        check_choice("head.photo_fit", self.photo_fit, PHOTO_FITS)
+
+
+@dataclass
 class CapHumanConfig:
-    """The model plus how to sample from it."""
+    """The model, how photos become its conditions, and how to sample from it."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    head: HeadInputConfig = field(default_factory=HeadInputConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
@@ -266,6 +313,8 @@ def save_config(config: Any, path: str | os.PathLike, extra: dict | None = None)
 
 __all__ = [
     "CapHumanConfig",
+    "HeadInputConfig",
+    "IdentityConfig",
     "ModelConfig",
     "SamplingConfig",
     "TinyModelConfig",

@@ -144,14 +144,22 @@ def load_body_controlnet_for(config: CapHumanConfig, backbone: Backbone, weights
 
 
 def build_pipeline(
-    config: CapHumanConfig, weights_dir: str | Path = "checkpoints", device: str | None = "auto", with_recognizer: bool = True
+    config: CapHumanConfig,
+    weights_dir: str | Path = "checkpoints",
+    device: str | None = "auto",
+    with_recognizer: bool = True,
+    face_recognizer: FaceRecognizer | None = None,
 ) -> CapHumanPipeline:
-    """Assemble a pipeline on ``device`` in the config's dtype; missing files name themselves."""
+    """Assemble a pipeline on ``device`` in the config's dtype; missing files name themselves.
+
+    ``face_recognizer`` reuses an already loaded recogniser (e.g. a CapHumanSession's)."""
     torch_device = resolve_device(device)
     dtype = resolve_dtype(config.sampling.dtype, torch_device)
     backbone = load_backbone(config, weights_dir)
     adapter = load_adapter(config, backbone, weights_dir)
-    recognizer = load_face_recognizer(config, weights_dir, torch_device) if with_recognizer else None
+    recognizer = face_recognizer
+    if recognizer is None and with_recognizer:
+        recognizer = load_face_recognizer(config, weights_dir, torch_device)
     body_controlnet = load_body_controlnet_for(config, backbone, weights_dir)
     pipe = CapHumanPipeline(
         vae=backbone.vae,

@@ -142,8 +142,12 @@ def test_records_hold_the_documented_content(runs):
     assert record.face_mask[:8, :8].sum() == 0 and not head[:8, :8].any()
     overlap = (head & (record.face_mask > 0)).sum() / max(record.face_mask.sum(), 1)
     assert overlap > 0.8
-    # Non-face pixels of the CLIP crop are white, and the face is not.
-    assert (record.clip_crop[0, 0] == 255).all() and record.clip_crop[112, 112].mean() < 250
+    # The CLIP input (identity.clip_crop: official) is the whole 512 px photo at 224 px, non-face
+    # white: the astronaut's face (about x 181-268, y 62-172 in the photo) is at x 79-117,
+    # y 27-75 there; its centre is not white, the corners and the photo's lower half are.
+    assert record.clip_crop.shape == (224, 224, 3)
+    assert (record.clip_crop[0, 0] == 255).all() and record.clip_crop[51, 98].mean() < 250
+    assert (record.clip_crop[150:] == 255).all()
     assert str(record.head_params["backend"]) == "builtin"
     assert float(np.abs(record.head_params["rotation"]).max()) < 25  # a near-frontal portrait
 

@@ -19,11 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 from caphuman.config import CapHumanConfig, load_config, save_config
+from caphuman.errors import CapHumanError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--ref", action="append", required=True, metavar="PATH", help="reference face photo (repeat for several photos of one person)")
     inputs.add_argument("--prompt", required=True, help="what to generate, e.g. 'a photo of a woman, on the beach'")
+    inputs.add_argument("--a-prompt", default="", help="added prompt, appended as ', <text>' (the official --a_prompt), e.g. 'best quality'")
     inputs.add_argument("--negative-prompt", default=None, help="what to avoid (default from config: '')")
     inputs.add_argument("--pose-ref", metavar="PATH", help="photo whose head conditions (see --modes) are transferred")
     inputs.add_argument("--modes", default="position,pose", help="conditions taken from --pose-ref: position, pose, expression, lighting, all (comma list)")
@@ -43,10 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
     model.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
     model.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior")
+    model.add_argument("--sd-ckpt", metavar="PATH", help="another SD 1.5 checkpoint for this run (file or diffusers folder; overrides model.stable_diffusion)")
+    model.add_argument("--vae-ckpt", metavar="PATH", help="another VAE for this run (overrides model.vae)")
+    model.add_argument("--clip-crop", choices=["official", "aligned"], help="override identity.clip_crop (see README)")
+    model.add_argument("--photo-fit", choices=["squash", "pad"], help="override head.photo_fit: how a non-square photo becomes the square head frame")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     model.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="override sampling.dtype")
     sampling = parser.add_argument_group("sampling (defaults from --config)")
     sampling.add_argument("--num-images", type=int)
+    sampling.add_argument("--height", type=int, help="image height in pixels (multiple of 8)")
+    sampling.add_argument("--width", type=int, help="image width in pixels (multiple of 8)")
+    sampling.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic, as published)")
     sampling.add_argument("--steps", type=int, help="denoising steps")
     sampling.add_argument("--guidance-scale", type=float)
     sampling.add_argument("--identity-guidance-scale", type=float)
@@ -65,6 +72,9 @@ def config_from_args(args: argparse.Namespace) -> CapHumanConfig:
     """The --config file with the command-line flags that were given on top."""
     sampling = {
         "num_images": args.num_images,
+        "height": args.height,
+        "width": args.width,
+        "eta": args.eta,
         "num_inference_steps": args.steps,
         "guidance_scale": args.guidance_scale,
         "identity_guidance_scale": args.identity_guidance_scale,
@@ -79,30 +89,20 @@ def config_from_args(args: argparse.Namespace) -> CapHumanConfig:
     from caphuman.body.options import body_config_overrides
 
     body_sampling, body_model = body_config_overrides(args)
+    model = {"head_prior": args.head_prior, **body_model}
+    # Checkpoint flags are paths from the current folder (config paths are relative to --weights).
+    for key, path in (("stable_diffusion", args.sd_ckpt), ("vae", args.vae_ckpt)):
+        if path is not None:
+            if not Path(path).exists():
+                raise CapHumanError(f"--{'sd' if key == 'stable_diffusion' else 'vae'}-ckpt '{path}' does not exist.")
+            model[key] = str(Path(path).resolve())
     overrides = {
         "sampling": {**{key: value for key, value in sampling.items() if value is not None}, **body_sampling},
-        "model": {**({"head_prior": args.head_prior} if args.head_prior else {}), **body_model},
+        "model": {key: value for key, value in model.items() if value is not None},
+        "identity": {"clip_crop": args.clip_crop} if args.clip_crop else {},
+        "head": {"photo_fit": args.photo_fit} if args.photo_fit else {},
     }
     return load_config(args.config, overrides)
-
-
-def pad_to_square(image: np.ndarray) -> np.ndarray:
-    """Pad with edge pixels to a square, so normalised image coordinates are isotropic."""
-    height, width = image.shape[:2]
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    return np.pad(image, ((top, side - height - top), (left, side - width - left), (0, 0)), mode="edge")
-
-
-def render_hint_for_size(prior, params, height: int, width: int) -> torch.Tensor:
-    """(1, 9, height, width) hint: rendered square (the head prior's image frame is square, see
-    pad_to_square) at the longer side, then centre-cropped."""
-    from caphuman.head.hint import render_hint
-
-    side = max(height, width)
-    hint = render_hint(prior, params, image_size=side).hint
-    top, left = (side - height) // 2, (side - width) // 2
-    return hint[..., top : top + height, left : left + width]
 
 
 def save_png_atomically(image: Image.Image, path: Path) -> None:
@@ -113,68 +113,38 @@ def save_png_atomically(image: Image.Image, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caphuman.conditions.identity import ReferenceFace
-    from caphuman.faces.detection import FaceDetector, select_face
-    from caphuman.faces.images import load_image
-    from caphuman.faces.reference import reference_face
     from caphuman.head.hint import hint_preview
     from caphuman.head.params import parse_modes, set_pose, transfer
     from caphuman.body.condition import BODY_MAP_FILE, body_map_for_run, check_body_inputs
-    from caphuman.loading import build_pipeline, face_parser_for_sampling, load_head_prior, resolve_device
+    from caphuman.session import CapHumanSession
 
     config = config_from_args(args)
     modes = parse_modes(args.modes) if args.pose_ref else ()
-    device = resolve_device(args.device)
     # Read every input before loading any model, so a typo fails in a second.
-    references = [(path, pad_to_square(load_image(path))) for path in args.ref]
-    driver_image = pad_to_square(load_image(args.pose_ref)) if args.pose_ref else None
-    sampling = config.sampling
+    for path in args.ref + ([args.pose_ref] if args.pose_ref else []):
+        CapHumanSession.load_photo(path)
     ready_body_map = check_body_inputs(args, config)
+    if config.model.backbone == "sd15" and config.model.caphuman is not None and config.model.head_prior != "deca":
+        logger.warning(
+            "The released CapHuman weights were trained on DECA/FLAME renders; hints from the '%s' head prior are outside "
+            "their training distribution, so head control will be weaker. Use --head-prior deca for the published behaviour.",
+            config.model.head_prior,
+        )
 
-    with FaceDetector() as detector:
-        faces = [(path, image, select_face(detector.detect(image), args.face_index, path)) for path, image in references]
-        if config.model.backbone == "sd15" and config.model.caphuman is not None and config.model.head_prior != "deca":
-            logger.warning(
-                "The released CapHuman weights were trained on DECA/FLAME renders; hints from the '%s' head prior are outside "
-                "their training distribution, so head control will be weaker. Use --head-prior deca for the published behaviour.",
-                config.model.head_prior,
-            )
-        prior = load_head_prior(config.model.head_prior, args.weights, detector, device)
-        params = prior.reconstruct(references[0][1], face_index=args.face_index)
-        if driver_image is not None:
-            params = transfer(params, prior.reconstruct(driver_image, face_index=args.face_index), modes)
+    with CapHumanSession(config, args.weights, args.device) as session:
+        device = session.device
+        references = [face for path in args.ref for face in session.reference_faces(path, args.face_index)]
+        params = session.head(args.ref[0], face_index=args.face_index)
+        if args.pose_ref:
+            params = transfer(params, session.head(args.pose_ref, face_index=args.face_index), modes)
         if any(angle is not None for angle in (args.yaw, args.pitch, args.roll)):
             params = set_pose(params, args.yaw, args.pitch, args.roll)
-        head_hint = render_hint_for_size(prior, params, sampling.height, sampling.width)
-        # The official map comes from the pose photo; without one, the reference is the pose.
-        body_map = body_map_for_run(config, ready_body_map, driver_image if driver_image is not None else references[0][1], prior, params)
-
-        pipe = build_pipeline(config, args.weights, args.device)
-        parser = face_parser_for_sampling(config, args.weights, device)
-        identity: list[ReferenceFace] = [
-            reference_face(image, face, pipe.face_recognizer, parser, clip_size=pipe.image_encoder.config.image_size)
-            for _, image, face in faces
-        ]
-
-    generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
-    output = pipe(
-        args.prompt,
-        head_hint,
-        references=identity,
-        negative_prompt=sampling.negative_prompt,
-        num_images_per_prompt=sampling.num_images,
-        num_inference_steps=sampling.num_inference_steps,
-        guidance_scale=sampling.guidance_scale,
-        identity_guidance_scale=sampling.identity_guidance_scale,
-        capface_strength=sampling.capface_strength,
-        mask_gating=sampling.mask_gating,
-        tau=sampling.tau,
-        eta=sampling.eta,
-        reference_fusion=config.model.reference_fusion,
-        generator=generator,
-        body_map=body_map,
-        body_control_strength=sampling.body_control_strength,
-    )
+        head_hint = session.hint(params)
+        # The official map comes from the pose photo; without one, the reference is the pose. Drawn
+        # in the head prior's frame (the photo squashed or padded to a square), as the hint is.
+        pose_photo = session.head_input(args.pose_ref if args.pose_ref else args.ref[0])
+        body_map = body_map_for_run(config, ready_body_map, pose_photo, session.head_prior, params)
+        output = session.generate(args.prompt, references, head_hint, a_prompt=args.a_prompt, body_map=body_map)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         "run": {
             "command": " ".join(sys.argv),
             "prompt": args.prompt,
+            "a_prompt": args.a_prompt,
             "references": [str(Path(path).resolve()) for path in args.ref],
             "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None,
             "body_map": str(Path(args.body_map).resolve()) if args.body_map else None,

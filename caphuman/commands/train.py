@@ -157,7 +157,7 @@ def train(
     resume_from = resolve_resume(config, paths)
     pl.seed_everything(training.seed, workers=True, verbose=False)
 
-    model_config = CapHumanConfig(model=config.model, sampling=config.sampling)
+    model_config = CapHumanConfig(model=config.model, identity=config.identity, head=config.head, sampling=config.sampling)
     backbone = backbone if backbone is not None else load_backbone(model_config, training.weights_dir)
     adapter = load_adapter(model_config, backbone, training.weights_dir)
     train_dataset, collate_fn, validation_batch = datasets if datasets is not None else default_datasets(config, backbone.image_processor)

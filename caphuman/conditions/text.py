@@ -24,3 +24,9 @@ def encode_prompts(prompts: list[str], tokenizer: CLIPTokenizer, text_encoder: C
     attention_mask = tokens.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
     hidden = text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
     return hidden.to(dtype=text_encoder.dtype)
+
+
+def join_prompt(prompt: str, added_prompt: str = "") -> str:
+    """``prompt`` with ``added_prompt`` appended as ", <added_prompt>" when it is not empty (the
+    published script's ``--a_prompt``: ``prompt + ", " + a_prompt``)."""
+    return f"{prompt}, {added_prompt}" if added_prompt != "" else prompt

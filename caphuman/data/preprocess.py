@@ -6,10 +6,11 @@ so training and sampling compute every condition the same way:
 2. ``aligned_square_crop`` at the stored size S: the training target. The face's mesh points
    are mapped through the crop's transform (measured against re-detecting on the crop: about
    1 px mean difference at S = 512, at no cost).
-3. The reference crops exactly as ``caphuman sample`` makes them from the original photo
-   (``reference_face``): the recogniser's crop -> global embedding, and the 224 px CLIP crop
-   with non-face pixels white. The original photo has more pixels than a small S would.
-4. The face mask of the aligned image: BiSeNet when its weights are present, else the mesh oval.
+3. The reference inputs exactly as ``caphuman sample`` makes them from the original photo
+   (``CapHumanSession.reference_inputs``): the recogniser's crop (MTCNN's for FaceNet) -> global
+   embedding, and the 224 px CLIP input with non-face pixels white (``identity.clip_crop``).
+   The original photo has more pixels than a small S would.
+4. The face mask of the aligned image: per ``identity.face_parser`` (BiSeNet or the mesh oval).
 5. The head prior on the aligned image (the built-in prior reuses the mapped mesh points; DECA
    detects on its own), and the 9-channel hint rendered at S.
 
@@ -46,7 +47,11 @@ DEFAULT_CAPTION = "a photo of a person"
 DATASET_FORMAT_VERSION = 1
 # Settings that change what a record contains: a rerun into the same folder must match them, or
 # the dataset would mix two kinds of records.
-_RECORD_DEFINING_SETTINGS = ("format_version", "image_size", "clip_size", "face_recognizer", "face_embedding_dim", "head_prior", "face_parser")
+_RECORD_DEFINING_SETTINGS = (
+    "format_version", "image_size", "clip_size", "clip_crop", "facenet_crop", "face_recognizer", "face_embedding_dim", "head_prior", "face_parser",
+)  # fmt: skip
+# What datasets written before a setting was recorded used (their records were made that way).
+_SETTINGS_BEFORE_RECORDED = {"clip_crop": "aligned", "facenet_crop": "mesh"}
 
 # Why a photo was skipped (report.json "kind").
 UNREADABLE = "unreadable"  # missing, not an image, truncated or corrupt
@@ -230,27 +235,22 @@ def map_face(face, transform: np.ndarray, size: int):
 
 
 class PhotoProcessor:
-    """Holds the models (detector, recogniser, parser, head prior, renderer) for one process.
+    """One process's models, held by a :class:`~caphuman.session.CapHumanSession`, so every
+    condition is made by the same code as at sampling.
 
     Args:
-        config: model config (recogniser, embedding size, head prior).
+        config: model config (recogniser, embedding size, head prior, identity settings).
         weights_dir: folder with the weights files.
         image_size: stored side S.
         device: torch device for the models.
     """
 
     def __init__(self, config: CapHumanConfig, weights_dir: str | os.PathLike, image_size: int, device: str = "cpu"):
-        from caphuman.faces.detection import FaceDetector
-        from caphuman.head.renderer import MeshRenderer
-        from caphuman.loading import load_face_parser, load_face_recognizer, load_head_prior, resolve_device
+        from caphuman.session import CapHumanSession
 
         self.image_size = image_size
-        self.device = resolve_device(device)
-        self.detector = FaceDetector(max_faces=5)
-        self.recognizer = load_face_recognizer(config, weights_dir, self.device)
-        self.parser = load_face_parser(weights_dir, self.device)
-        self.head_prior = load_head_prior(config.model.head_prior, weights_dir, self.detector, self.device)
-        self.renderer = MeshRenderer(image_size)
+        self.session = CapHumanSession(config, weights_dir, device)
+        self.device = self.session.device
 
     def process(self, path: Path, source: str, caption: str) -> FaceRecord:
         """One photo -> one record.
@@ -258,45 +258,39 @@ class PhotoProcessor:
         Raises:
             PhotoSkip: the photo cannot be used (its ``kind`` says why).
         """
-        from caphuman.faces.alignment import aligned_square_crop, clip_face_crop
-        from caphuman.faces.detection import select_face
-        from caphuman.faces.images import load_image
-        from caphuman.faces.reference import face_region, recognizer_crop
+        from caphuman.faces.alignment import aligned_square_crop
         from caphuman.head.builtin_prior import BuiltinHeadPrior
-        from caphuman.head.hint import render_hint
 
+        session = self.session
         try:
-            photo = load_image(path)
+            photo = session.load_photo(path)
         except InputImageError as error:
             raise PhotoSkip(UNREADABLE, str(error)) from None
         try:
-            face = select_face(self.detector.detect(photo), 0, source)
+            # The reference inputs come from the original photo, exactly as `caphuman sample`
+            # makes them (its own detection of the largest face; more pixels than a small S).
+            reference = session.reference_inputs(photo, face_index=0, source=source)
         except InputImageError as error:
             raise PhotoSkip(NO_FACE, str(error)) from None
 
         size = self.image_size
-        target = aligned_square_crop(photo, face, size=size)
-        aligned_face = map_face(face, target.transform, size)
-
-        # Reference crops from the original photo, as `caphuman sample` makes them.
-        reference_mask = face_region(photo, face, self.parser)
-        clip_crop = clip_face_crop(photo, face, reference_mask, size=CLIP_CROP_SIZE).image
-        embedding = self.recognizer.embed([recognizer_crop(photo, face, self.recognizer)])[0]
-
-        mask = face_region(target.image, aligned_face, self.parser)
+        target = aligned_square_crop(photo, reference.face, size=size)
+        aligned_face = map_face(reference.face, target.transform, size)
+        embedding = session.embed([reference.reference_face()])[0]
+        mask = session.face_region(target.image, aligned_face, native_size=False)
+        prior = session.head_prior
         try:
-            if isinstance(self.head_prior, BuiltinHeadPrior):
-                params = self.head_prior.reconstruct_from_landmarks(aligned_face.landmarks, target.image)
+            if isinstance(prior, BuiltinHeadPrior):
+                params = prior.reconstruct_from_landmarks(aligned_face.landmarks, target.image)
             else:
-                params = self.head_prior.reconstruct(target.image)
+                params = prior.reconstruct(target.image)
         except InputImageError as error:
-            raise PhotoSkip(NO_FACE, f"The {self.head_prior.name} head prior found no face in the aligned crop of {source} ({error}).") from None
-        with torch.inference_mode():
-            hint = render_hint(self.head_prior, params, image_size=size, renderer=self.renderer).hint[0]
+            raise PhotoSkip(NO_FACE, f"The {prior.name} head prior found no face in the aligned crop of {source} ({error}).") from None
+        hint = session.hint(params, size, size)[0]
         return FaceRecord(
             key=record_key(source),
             image=target.image,
-            clip_crop=clip_crop,
+            clip_crop=reference.clip_input,
             face_embedding=embedding.detach().float().cpu().numpy(),
             face_mask=mask.astype(np.uint8),
             hint=hint.detach().cpu().numpy().astype(np.float16),
@@ -306,7 +300,7 @@ class PhotoProcessor:
         )
 
     def close(self) -> None:
-        self.detector.close()
+        self.session.close()
 
 
 class PhotoSkip(Exception):
@@ -370,6 +364,8 @@ def dataset_settings(settings: PreprocessSettings, config: CapHumanConfig, face_
         "format_version": DATASET_FORMAT_VERSION,
         "image_size": settings.image_size,
         "clip_size": CLIP_CROP_SIZE,
+        "clip_crop": config.identity.clip_crop,
+        "facenet_crop": config.identity.facenet_crop,
         "face_recognizer": config.model.face_recognizer,
         "face_embedding_dim": config.model.face_embedding_dim,
         "head_prior": config.model.head_prior,
@@ -394,6 +390,7 @@ def read_dataset_settings(root: str | os.PathLike) -> dict | None:
 def _check_or_write_settings(out: Path, settings: dict) -> None:
     previous = read_dataset_settings(out)
     if previous is not None:
+        previous = {**_SETTINGS_BEFORE_RECORDED, **previous}
         changed = [name for name in _RECORD_DEFINING_SETTINGS if previous.get(name) != settings.get(name)]
         if changed:
             details = ", ".join(f"{name} {previous.get(name)!r} -> {settings.get(name)!r}" for name in changed)
@@ -507,7 +504,10 @@ def preprocess_folder(
     # Checked before any model loads, so a mismatched rerun fails in a second.
     from caphuman.loading import FACE_PARSER_FILE
 
-    face_parser = "bisenet" if (Path(settings.weights) / FACE_PARSER_FILE).is_file() else "mesh_oval"
+    parser_choice = config.identity.face_parser
+    if parser_choice == "auto":
+        parser_choice = "bisenet" if (Path(settings.weights) / FACE_PARSER_FILE).is_file() else "mesh"
+    face_parser = "bisenet" if parser_choice == "bisenet" else "mesh_oval"
     _check_or_write_settings(out, dataset_settings(settings, config, face_parser))
     processor: Optional[PhotoProcessor] = None
     pool = None

@@ -61,7 +61,8 @@ class PreparedIdentity:
     """A reference photo read once: the square-padded image, its face and its head.
 
     Attributes:
-        image: (S, S, 3) uint8 RGB, the photo padded to a square (as ``caphuman sample`` does).
+        image: (S, S, 3) uint8 RGB, the photo as the head prior sees it (squashed or padded to a
+            square per ``head.photo_fit``, the frame of the generated images).
         face: the largest detected face.
         head: the head prior's reconstruction (B = 1).
     """
@@ -113,7 +114,8 @@ def get_method(name: str) -> MethodSpec:
 
 
 class MethodContext:
-    """What methods and scorers share, built on first use: detector, head prior, pipeline, references.
+    """What methods and scorers share, built on first use: a :class:`~caphuman.session.CapHumanSession`
+    (detector, head prior, pipeline) plus per-identity caches of references, heads and hints.
 
     Args:
         config: model + sampling config (sampling.height/width set the image size).
@@ -122,13 +124,13 @@ class MethodContext:
     """
 
     def __init__(self, config: CapHumanConfig, weights_dir: str | Path, device: torch.device):
+        from caphuman.session import CapHumanSession
+
         self.config = config
         self.weights_dir = str(weights_dir)
         self.device = device
-        self._detector = None
-        self._prior = None
-        self._pipeline = None
-        self._parser = None
+        # Photos become conditions exactly as `caphuman sample` and preprocessing make them.
+        self.session = CapHumanSession(config, weights_dir, device, progress_bar=False)
         self._identities: dict[str, PreparedIdentity] = {}
         self._reference_faces: dict[str, list] = {}
         self._drivers: dict[str, HeadParams] = {}
@@ -137,53 +139,32 @@ class MethodContext:
 
     @property
     def detector(self):
-        if self._detector is None:
-            from caphuman.faces.detection import FaceDetector
-
-            self._detector = FaceDetector(max_faces=5)
-        return self._detector
+        return self.session.detector
 
     @property
     def head_prior(self):
-        if self._prior is None:
-            from caphuman.loading import load_head_prior
-
-            self._prior = load_head_prior(self.config.model.head_prior, self.weights_dir, self.detector, self.device)
-        return self._prior
+        return self.session.head_prior
 
     @property
     def pipeline(self):
-        if self._pipeline is None:
-            from caphuman.loading import build_pipeline, face_parser_for_sampling
-
-            self._pipeline = build_pipeline(self.config, self.weights_dir, str(self.device))
-            self._pipeline.set_progress_bar_config(disable=True)
-            self._parser = face_parser_for_sampling(self.config, self.weights_dir, self.device)
-        return self._pipeline
+        return self.session.pipeline
 
     def identity(self, identity: Identity) -> PreparedIdentity:
         """The reference photo, its face and head (cached per identity)."""
         if identity.identity_id not in self._identities:
-            from caphuman.commands.sample import pad_to_square
-            from caphuman.faces.detection import select_face
-            from caphuman.faces.images import load_image
-
-            image = pad_to_square(load_image(identity.path))
-            face = select_face(self.detector.detect(image), 0, str(identity.path))
-            head = self.head_prior.reconstruct(image, face_index=0)
+            # The head prior's frame (the photo squashed or padded to a square, head.photo_fit):
+            # the generated images share it, so scorers compare like with like.
+            image = self.session.head_input(identity.path)
+            face = self.session.detect(image, 0, str(identity.path))
+            head = self.session.head_prior.reconstruct(image, face_index=0)
             self._identities[identity.identity_id] = PreparedIdentity(image, face, head)
         return self._identities[identity.identity_id]
 
     def reference_faces(self, identity: Identity) -> list:
         """The pipeline's reference crops (recogniser + CLIP) of the identity's photo."""
         if identity.identity_id not in self._reference_faces:
-            from caphuman.faces.reference import reference_face
-
-            pipe = self.pipeline
-            prepared = self.identity(identity)
-            self._reference_faces[identity.identity_id] = [
-                reference_face(prepared.image, prepared.face, pipe.face_recognizer, self._parser, clip_size=pipe.image_encoder.config.image_size)
-            ]
+            self.identity(identity)  # a photo without a face fails here, naming the file
+            self._reference_faces[identity.identity_id] = self.session.reference_faces(identity.path, face_index=0)
         return self._reference_faces[identity.identity_id]
 
     def requested_head(self, identity: Identity, condition: HeadCondition) -> HeadParams:
@@ -191,10 +172,7 @@ class MethodContext:
         driver = None
         if condition.driver is not None:
             if condition.driver not in self._drivers:
-                from caphuman.commands.sample import pad_to_square
-                from caphuman.faces.images import load_image
-
-                self._drivers[condition.driver] = self.head_prior.reconstruct(pad_to_square(load_image(condition.driver)), face_index=0)
+                self._drivers[condition.driver] = self.session.head(condition.driver, face_index=0)
             driver = self._drivers[condition.driver]
         return condition.apply(self.identity(identity).head, driver)
 
@@ -202,42 +180,26 @@ class MethodContext:
         """(1, 9, H, W) rendered head condition; the last one is cached (runs go condition by condition)."""
         key = (identity.identity_id, condition.name)
         if self._hint_key != key:
-            from caphuman.head.hint import render_hint
-
-            size = self.config.sampling.height
-            if self.config.sampling.width != size:
-                raise CapHumanError(f"The head condition is rendered square; set sampling.width = sampling.height (got {size}x{self.config.sampling.width}).")
-            self._hint = render_hint(self.head_prior, self.requested_head(identity, condition), image_size=size).hint
+            self._hint = self.session.hint(self.requested_head(identity, condition))
             self._hint_key = key
         return self._hint
 
     def sample(self, request: GenerationRequest, hint: torch.Tensor, capface_strength: float, mask_gating: bool) -> list[Image.Image]:
         """Run the pipeline once for all of ``request.seeds`` (one generator per seed)."""
-        sampling = self.config.sampling
         generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in request.seeds]
-        output = self.pipeline(
+        output = self.session.generate(
             request.prompt_text,
+            self.reference_faces(request.identity),
             hint,
-            references=self.reference_faces(request.identity),
-            negative_prompt=sampling.negative_prompt,
-            num_images_per_prompt=len(request.seeds),
-            num_inference_steps=sampling.num_inference_steps,
-            guidance_scale=sampling.guidance_scale,
-            identity_guidance_scale=sampling.identity_guidance_scale,
+            generator=generators,
+            num_images=len(request.seeds),
             capface_strength=capface_strength,
             mask_gating=mask_gating,
-            tau=sampling.tau,
-            eta=sampling.eta,
-            reference_fusion=self.config.model.reference_fusion,
-            generator=generators,
         )
         return list(output.images)
 
     def close(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
-            self._prior = None
+        self.session.close()
 
 
 @register_method("caphuman", "CapHuman: identity + head condition (strength and gating from the config)")

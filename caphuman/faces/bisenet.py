@@ -221,27 +221,32 @@ class FaceParser:
         logger.info("Loaded BiSeNet face-parsing weights from %s", path)
         return cls(model, device=device)
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """RGB uint8 (H, W, 3) -> (1, 3, 512, 512) float32, ImageNet-normalised.
+    def preprocess(self, image: np.ndarray, native_size: bool = False) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) -> (1, 3, S, S') float32, ImageNet-normalised.
 
-        PIL's bilinear resize is used because it is what the model was evaluated with (it
+        ``native_size`` keeps the photo's own size, as the published CapHuman script parses its
+        reference (ToTensor + Normalize, no resize); otherwise the photo is resized to the 512 x 512
+        the model was trained at, with PIL's bilinear filter (what zllrunning's evaluation used; it
         antialiases when shrinking, unlike OpenCV's INTER_LINEAR).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(
                 f"Face parsing needs an RGB uint8 (H, W, 3) image, got {image.shape} {image.dtype}."
             )
-        size = (PARSING_INPUT_SIZE, PARSING_INPUT_SIZE)
-        resized = Image.fromarray(image).resize(size, Image.BILINEAR)
-        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255.0
+        if native_size:
+            resized = image
+        else:
+            resized = np.array(Image.fromarray(image).resize((PARSING_INPUT_SIZE, PARSING_INPUT_SIZE), Image.BILINEAR))
+        pixels = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255.0
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         return ((pixels - mean) / std).unsqueeze(0)
 
     @torch.inference_mode()
-    def parse(self, image: np.ndarray) -> np.ndarray:
-        """Labels (H, W) uint8 in [0, 19) at the input's own size (nearest-neighbour resized)."""
-        logits = self.model(self.preprocess(image).to(self.device))
+    def parse(self, image: np.ndarray, native_size: bool = False) -> np.ndarray:
+        """Labels (H, W) uint8 in [0, 19) at the input's own size (nearest-neighbour resized when
+        parsed at 512; see :meth:`preprocess` for ``native_size``)."""
+        logits = self.model(self.preprocess(image, native_size=native_size).to(self.device))
         labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
         height, width = image.shape[:2]
         if (height, width) != labels.shape:

@@ -17,7 +17,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from caphuman.config import ATTENTION_BACKENDS, ModelConfig, SamplingConfig, check_choice, check_positive, load_structured
+from caphuman.config import (
+    ATTENTION_BACKENDS,
+    HeadInputConfig,
+    IdentityConfig,
+    ModelConfig,
+    SamplingConfig,
+    check_choice,
+    check_positive,
+    load_structured,
+)
 from caphuman.data.dropout import ConditionDropout
 from caphuman.errors import ConfigError
 
@@ -149,6 +158,8 @@ class TrainConfig:
     """A whole training run: the model (as sampling builds it), sampling settings, training."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    head: HeadInputConfig = field(default_factory=HeadInputConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 

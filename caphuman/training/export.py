@@ -39,7 +39,9 @@ def export_adapter(
     """Save ``adapter`` (as it is now) to ``directory`` with a ready sample config; returns the directory."""
     directory = Path(directory)
     adapter.save_pretrained(directory, metadata={"source": "caphuman train", **(metadata or {})})
-    sample_config = CapHumanConfig(model=replace(config.model, caphuman=str(directory.resolve())), sampling=config.sampling)
+    sample_config = CapHumanConfig(
+        model=replace(config.model, caphuman=str(directory.resolve())), identity=config.identity, head=config.head, sampling=config.sampling
+    )
     save_config(sample_config, directory / SAMPLE_CONFIG_FILE)
     logger.info("Exported the trained adapter to %s", directory)
     return directory
