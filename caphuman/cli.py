@@ -1,4 +1,4 @@
-"""The `caphuman` command: sample | doctor | convert | preprocess | train | eval.
+"""The `caphuman` command: sample | doctor | convert | preprocess | train | eval | inspect.
 
 Each sub-command maps to one typed function; user errors (a missing file, a photo without a
 face, a bad config value) print one sentence and exit with code 2, without a traceback.
@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "preprocess": "caphuman.commands.preprocess",
     "train": "caphuman.commands.train",
     "eval": "caphuman.commands.eval",
+    "inspect": "caphuman.commands.inspect",
 }
 
 

@@ -237,7 +237,7 @@ class FaceParser:
             resized = image
         else:
             resized = np.array(Image.fromarray(image).resize((PARSING_INPUT_SIZE, PARSING_INPUT_SIZE), Image.BILINEAR))
-        pixels = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255.0
+        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255.0  # a copy: photos may be read-only
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         return ((pixels - mean) / std).unsqueeze(0)
