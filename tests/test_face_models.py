@@ -17,12 +17,12 @@ from torch import nn
 from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
 from caphuman.faces.bisenet import BiSeNet, FaceParser
-from caphuman.faces.facenet import FaceNetRecognizer, InceptionResnetV1
+from caphuman.faces.facenet import FaceNetRecognizer, facenet_architecture
 
 # Parameter count of facenet-pytorch's InceptionResnetV1(classify=True, num_classes=8631), the
-# module the published 20180402-114759-vggface2.pt loads into. Derived here by instantiating that
-# package's own (2.6.0) class and counting its parameters, and matched by ours to the unit; it is
-# 23,482,624 for the embedding network plus 512 * 8631 + 8631 = 4,427,703 for the classifier.
+# module the published 20180402-114759-vggface2.pt loads into: 23,482,624 for the embedding
+# network plus 512 * 8631 + 8631 = 4,427,703 for the classifier (counted on facenet-pytorch 2.6.0
+# before we built on its class; a change of the pinned package would show here).
 PUBLISHED_FACENET_PARAMETERS = 27_910_327
 
 # A few entry names (and shapes) of the published FaceNet file, read from facenet-pytorch's model.
@@ -89,10 +89,19 @@ def _prewhitened(crops: list[np.ndarray]) -> torch.Tensor:
     return (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() - 127.5) / 128.0
 
 
+def published_format_facenet() -> nn.Module:
+    """The module the published file was saved from: facenet-pytorch's model with the VGGFace2
+    classifier (so the saved file has the ``logits.*`` entries the real one has)."""
+    from facenet_pytorch import InceptionResnetV1
+
+    return InceptionResnetV1(pretrained=None, classify=True, num_classes=8631)
+
+
 @pytest.fixture(scope="module")
-def facenet_file(tmp_path_factory) -> tuple[InceptionResnetV1, str]:
+def facenet_file(tmp_path_factory) -> tuple[nn.Module, str]:
+    """(embedding model with the file's weights, path of a file in the published format)."""
     torch.manual_seed(0)
-    model = InceptionResnetV1()
+    model = published_format_facenet()
     # Random init with arbitrary BN statistics makes a 100-layer net nearly input-independent,
     # which would hide preprocessing errors; calibrating the statistics on real-range inputs
     # (as training does) keeps embeddings sensitive to the image.
@@ -105,15 +114,17 @@ def facenet_file(tmp_path_factory) -> tuple[InceptionResnetV1, str]:
     model.eval()
     path = tmp_path_factory.mktemp("facenet") / "20180402-114759-vggface2.pt"
     torch.save(model.state_dict(), path)
-    return model, str(path)
+    embedding_model = facenet_architecture()
+    embedding_model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("logits.")})
+    return embedding_model, str(path)
 
 
 def test_facenet_layout_matches_published_file(facenet_file):
-    model, _ = facenet_file
-    state = model.state_dict()
+    _, path = facenet_file
+    state = torch.load(path, weights_only=True)
     for name, shape in PUBLISHED_FACENET_ENTRIES.items():
         assert tuple(state[name].shape) == shape, name
-    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_FACENET_PARAMETERS
+    assert sum(value.numel() for name, value in state.items() if "running" not in name and "num_batches" not in name) == PUBLISHED_FACENET_PARAMETERS
 
 
 def test_facenet_loads_pt_and_matches_in_memory_model(facenet_file):
@@ -137,11 +148,9 @@ def test_facenet_loads_without_logits_and_from_safetensors(facenet_file, tmp_pat
     from safetensors.torch import save_file
 
     model, _ = facenet_file
-    embedding_only = {k: v for k, v in model.state_dict().items() if not k.startswith("logits.")}
     path = tmp_path / "facenet.safetensors"
-    save_file(embedding_only, str(path))
+    save_file(dict(model.state_dict()), str(path))
     recognizer = FaceNetRecognizer.from_file(path)
-    assert recognizer.model.logits is None
     crops = _random_crops(1, 160, seed=3)
     reference = FaceNetRecognizer(model).embed(crops)
     torch.testing.assert_close(recognizer.embed(crops), reference, atol=1e-5, rtol=0)

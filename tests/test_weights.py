@@ -53,11 +53,11 @@ def test_doctor_on_empty_folder_lists_everything_missing(tmp_path, monkeypatch, 
 
 def test_doctor_reports_present_and_malformed_without_traceback(tmp_path, monkeypatch, capsys, tiny_backbone):
     from caphuman.convert import export_original_sd
-    from caphuman.faces.facenet import InceptionResnetV1
+    from facenet_pytorch import InceptionResnetV1
 
     # A FaceNet state dict with the published names, and a BiSeNet file with wrong keys.
     (tmp_path / "facenet").mkdir()
-    torch.save(InceptionResnetV1().state_dict(), tmp_path / "facenet" / "20180402-114759-vggface2.pt")
+    torch.save(InceptionResnetV1(classify=True, num_classes=8631).state_dict(), tmp_path / "facenet" / "20180402-114759-vggface2.pt")
     (tmp_path / "face-parsing").mkdir()
     torch.save({"not.a.bisenet.key": torch.zeros(3)}, tmp_path / "face-parsing" / "79999_iter.pth")
     # An SD .ckpt in the original layout (as the release downloads it), truncated.

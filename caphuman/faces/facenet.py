@@ -3,22 +3,13 @@
 The published CapHuman code embeds the reference face with facenet-pytorch's
 ``InceptionResnetV1(pretrained="vggface2")``: David Sandberg's TensorFlow FaceNet model
 ``20180402-114759`` (trained on VGGFace2, 8631 identities), converted to a PyTorch state dict
-and published as ``20180402-114759-vggface2.pt``. This file writes the same architecture so
-that that file loads here unchanged: every parameter/buffer name and shape below is the one
-the published state dict uses (``conv2d_1a.conv.weight``, ``repeat_1.0.branch0.conv.weight``,
+and published as ``20180402-114759-vggface2.pt``. We build that same class from facenet-pytorch
+(the official code's own dependency, pinned to its 2.5.3) WITHOUT ``pretrained`` (which would
+download), and load the user's file through :func:`read_state_dict_file` (``weights_only=True``)
+with every name and shape checked (``conv2d_1a.conv.weight``, ``repeat_1.0.branch0.conv.weight``,
 ``mixed_6a.branch1.2.bn.running_var``, ``block8.conv2d.bias``, ``last_linear.weight``,
-``last_bn.running_mean``, ``logits.weight`` ...).
-
-Architecture facts (Szegedy et al. 2016, Inception-ResNet-v1, as trained by FaceNet):
-- every convolution is bias-free, followed by BatchNorm (eps 1e-3, the TensorFlow value) and
-  ReLU, except the residual "up" 1x1 convs (``conv2d``) which have a bias and no BN;
-- stem 160 -> 79 -> 77 -> 77 -> 38 -> 38 -> 36 -> 17 px (256 channels);
-- 5 x Inception-ResNet-A (scale 0.17), Reduction-A (-> 896 ch, 8 px),
-  10 x Inception-ResNet-B (scale 0.10), Reduction-B (-> 1792 ch, 3 px),
-  5 x Inception-ResNet-C (scale 0.20) + one final C block without ReLU (scale 1.0);
-- global average pool, Linear(1792 -> 512, no bias), BatchNorm1d(512, eps 1e-3);
-- optional classifier ``logits`` Linear(512 -> 8631) for the VGGFace2 identities, not needed
-  for embeddings and therefore optional when loading.
+``last_bn.running_mean`` ...). The file's VGGFace2 classifier ``logits.*`` is not needed for
+embeddings and is dropped; a file without it loads too.
 
 Input: RGB, 160x160 face crop (facenet-pytorch's MTCNN crop), "prewhitened" as
 (x - 127.5) / 128 (facenet-pytorch's ``fixed_image_standardization``).
@@ -46,9 +37,6 @@ FACENET_WEIGHTS_SOURCE = (
 VGGFACE2_NUM_IDENTITIES = 8631
 FACENET_EMBEDDING_DIM = 512
 FACENET_INPUT_SIZE = 160
-
-# TensorFlow's BatchNorm epsilon, which the converted weights were trained with.
-_TF_BN_EPS = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,181 +119,15 @@ def load_matching_state_dict(
     model.load_state_dict(dict(state_dict), strict=False)
 
 
-# --------------------------------------------------------------------------------------------
-# Architecture.
-# --------------------------------------------------------------------------------------------
+def facenet_architecture() -> nn.Module:
+    """facenet-pytorch's InceptionResnetV1 embedding network, random weights (nothing downloaded).
 
-
-class ConvBnRelu(nn.Module):
-    """Bias-free conv -> BatchNorm(eps 1e-3) -> ReLU; state keys ``conv.*`` and ``bn.*``."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int = 1,
-        padding: int | tuple[int, int] = 0,
-    ):
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False
-        )
-        self.bn = nn.BatchNorm2d(out_channels, eps=_TF_BN_EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
-
-
-class InceptionResnetA(nn.Module):
-    """Inception-ResNet-A on 256 channels (35x35 in the paper's 299 px setting, 17x17 here).
-
-    Branches: 1x1(32) | 1x1(32)-3x3(32) | 1x1(32)-3x3(32)-3x3(32); concat (96) -> 1x1 conv
-    with bias back to 256, scaled and added to the input.
+    Its forward takes (N, 3, 160, 160) prewhitened RGB and returns (N, 512) L2-normalised
+    embeddings (the ``last_bn`` output, normalised).
     """
+    from facenet_pytorch import InceptionResnetV1
 
-    def __init__(self, residual_scale: float):
-        super().__init__()
-        self.residual_scale = residual_scale
-        self.branch0 = ConvBnRelu(256, 32, 1)
-        self.branch1 = nn.Sequential(ConvBnRelu(256, 32, 1), ConvBnRelu(32, 32, 3, padding=1))
-        self.branch2 = nn.Sequential(
-            ConvBnRelu(256, 32, 1), ConvBnRelu(32, 32, 3, padding=1), ConvBnRelu(32, 32, 3, padding=1)
-        )
-        self.conv2d = nn.Conv2d(96, 256, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixed = torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], dim=1)
-        return F.relu(x + self.residual_scale * self.conv2d(mixed))
-
-
-class InceptionResnetB(nn.Module):
-    """Inception-ResNet-B on 896 channels: 1x1(128) | 1x1(128)-1x7(128)-7x1(128) -> 1x1 to 896."""
-
-    def __init__(self, residual_scale: float):
-        super().__init__()
-        self.residual_scale = residual_scale
-        self.branch0 = ConvBnRelu(896, 128, 1)
-        self.branch1 = nn.Sequential(
-            ConvBnRelu(896, 128, 1),
-            ConvBnRelu(128, 128, (1, 7), padding=(0, 3)),
-            ConvBnRelu(128, 128, (7, 1), padding=(3, 0)),
-        )
-        self.conv2d = nn.Conv2d(256, 896, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixed = torch.cat([self.branch0(x), self.branch1(x)], dim=1)
-        return F.relu(x + self.residual_scale * self.conv2d(mixed))
-
-
-class InceptionResnetC(nn.Module):
-    """Inception-ResNet-C on 1792 channels: 1x1(192) | 1x1(192)-1x3(192)-3x1(192) -> 1x1 to 1792.
-
-    The network's very last C block skips the final ReLU (``apply_relu=False``), as in FaceNet.
-    """
-
-    def __init__(self, residual_scale: float, apply_relu: bool = True):
-        super().__init__()
-        self.residual_scale = residual_scale
-        self.apply_relu = apply_relu
-        self.branch0 = ConvBnRelu(1792, 192, 1)
-        self.branch1 = nn.Sequential(
-            ConvBnRelu(1792, 192, 1),
-            ConvBnRelu(192, 192, (1, 3), padding=(0, 1)),
-            ConvBnRelu(192, 192, (3, 1), padding=(1, 0)),
-        )
-        self.conv2d = nn.Conv2d(384, 1792, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixed = torch.cat([self.branch0(x), self.branch1(x)], dim=1)
-        out = x + self.residual_scale * self.conv2d(mixed)
-        return F.relu(out) if self.apply_relu else out
-
-
-class ReductionA(nn.Module):
-    """Reduction-A (``mixed_6a``): 256 -> 384 + 256 + 256 (max-pool) = 896 channels, stride 2."""
-
-    def __init__(self):
-        super().__init__()
-        self.branch0 = ConvBnRelu(256, 384, 3, stride=2)
-        self.branch1 = nn.Sequential(
-            ConvBnRelu(256, 192, 1), ConvBnRelu(192, 192, 3, padding=1), ConvBnRelu(192, 256, 3, stride=2)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.max_pool2d(x, kernel_size=3, stride=2)
-        return torch.cat([self.branch0(x), self.branch1(x), pooled], dim=1)
-
-
-class ReductionB(nn.Module):
-    """Reduction-B (``mixed_7a``): 896 -> 384 + 256 + 256 + 896 (max-pool) = 1792 channels."""
-
-    def __init__(self):
-        super().__init__()
-        self.branch0 = nn.Sequential(ConvBnRelu(896, 256, 1), ConvBnRelu(256, 384, 3, stride=2))
-        self.branch1 = nn.Sequential(ConvBnRelu(896, 256, 1), ConvBnRelu(256, 256, 3, stride=2))
-        self.branch2 = nn.Sequential(
-            ConvBnRelu(896, 256, 1), ConvBnRelu(256, 256, 3, padding=1), ConvBnRelu(256, 256, 3, stride=2)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.max_pool2d(x, kernel_size=3, stride=2)
-        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), pooled], dim=1)
-
-
-class InceptionResnetV1(nn.Module):
-    """FaceNet's Inception-ResNet-v1 with the state-dict layout of ``20180402-114759-vggface2.pt``.
-
-    Args:
-        num_classes: size of the optional identity classifier ``logits`` (8631 for VGGFace2);
-            ``None`` builds the embedding network only.
-    """
-
-    def __init__(self, num_classes: int | None = VGGFACE2_NUM_IDENTITIES):
-        super().__init__()
-        # Stem (sizes for a 160 px input).
-        self.conv2d_1a = ConvBnRelu(3, 32, 3, stride=2)  # 79
-        self.conv2d_2a = ConvBnRelu(32, 32, 3)  # 77
-        self.conv2d_2b = ConvBnRelu(32, 64, 3, padding=1)  # 77
-        self.conv2d_3b = ConvBnRelu(64, 80, 1)  # 38 after the max-pool
-        self.conv2d_4a = ConvBnRelu(80, 192, 3)  # 36
-        self.conv2d_4b = ConvBnRelu(192, 256, 3, stride=2)  # 17
-        self.repeat_1 = nn.Sequential(*[InceptionResnetA(0.17) for _ in range(5)])
-        self.mixed_6a = ReductionA()  # 8
-        self.repeat_2 = nn.Sequential(*[InceptionResnetB(0.10) for _ in range(10)])
-        self.mixed_7a = ReductionB()  # 3
-        self.repeat_3 = nn.Sequential(*[InceptionResnetC(0.20) for _ in range(5)])
-        self.block8 = InceptionResnetC(1.0, apply_relu=False)
-        self.last_linear = nn.Linear(1792, FACENET_EMBEDDING_DIM, bias=False)
-        self.last_bn = nn.BatchNorm1d(FACENET_EMBEDDING_DIM, eps=_TF_BN_EPS)
-        self.logits = (
-            nn.Linear(FACENET_EMBEDDING_DIM, num_classes) if num_classes is not None else None
-        )
-
-    def forward(self, prewhitened: torch.Tensor) -> torch.Tensor:
-        """Unnormalised embeddings.
-
-        Args:
-            prewhitened: (N, 3, H, W) float RGB in about [-1, 1], i.e. (pixel - 127.5) / 128;
-                H = W = 160 for the published model (any size >= 75 px runs).
-        Returns:
-            (N, 512) float embeddings before L2 normalisation (the ``last_bn`` output).
-        """
-        x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(prewhitened)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(x)))
-        x = self.mixed_6a(self.repeat_1(x))
-        x = self.mixed_7a(self.repeat_2(x))
-        x = self.block8(self.repeat_3(x))
-        # Dropout sits here in training; it is the identity at inference and holds no weights.
-        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.last_bn(self.last_linear(pooled))
-
-    def classify(self, prewhitened: torch.Tensor) -> torch.Tensor:
-        """(N, num_classes) VGGFace2 identity logits; needs the ``logits`` layer."""
-        if self.logits is None:
-            raise RuntimeError("This InceptionResnetV1 was built without the logits layer.")
-        return self.logits(self.forward(prewhitened))
+    return InceptionResnetV1(pretrained=None, classify=False).eval()
 
 
 def prewhiten(crops: Sequence[np.ndarray], size: int = FACENET_INPUT_SIZE) -> torch.Tensor:
@@ -326,7 +148,10 @@ class FaceNetRecognizer(FaceRecognizer):
     embedding_dim = FACENET_EMBEDDING_DIM
     crop = "facenet160"
 
-    def __init__(self, model: InceptionResnetV1, device: str | torch.device = "cpu", batch_size: int = 32):
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", batch_size: int = 32):
+        """``model``: an embedding network, e.g. :func:`facenet_architecture` with weights loaded."""
+        if getattr(model, "classify", False):
+            raise ValueError("FaceNetRecognizer needs InceptionResnetV1(classify=False): a classifier returns logits, not embeddings.")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.batch_size = batch_size
@@ -335,7 +160,7 @@ class FaceNetRecognizer(FaceRecognizer):
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu") -> FaceNetRecognizer:
         """Load ``20180402-114759-vggface2.pt`` (or the same tensors as ``.safetensors``).
 
-        The ``logits`` classifier is kept when present and not required otherwise.
+        The ``logits`` classifier is dropped when present (embeddings do not use it).
 
         Raises:
             MissingWeightsError: no file at ``path``.
@@ -343,11 +168,10 @@ class FaceNetRecognizer(FaceRecognizer):
         """
         what = "FaceNet VGGFace2 weights"
         state_dict = read_state_dict_file(path, what=what, source=FACENET_WEIGHTS_SOURCE)
-        logits_weight = state_dict.get("logits.weight")
-        num_classes = int(logits_weight.shape[0]) if logits_weight is not None else None
-        model = InceptionResnetV1(num_classes=num_classes)
-        load_matching_state_dict(model, state_dict, what=what, path=path)
-        logger.info("Loaded FaceNet weights from %s (classifier: %s)", path, num_classes)
+        embedding_state = {key: value for key, value in state_dict.items() if not key.startswith("logits.")}
+        model = facenet_architecture()
+        load_matching_state_dict(model, embedding_state, what=what, path=path)
+        logger.info("Loaded FaceNet weights from %s", path)
         return cls(model, device=device)
 
     @torch.inference_mode()
