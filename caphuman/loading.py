@@ -95,17 +95,6 @@ def load_face_parser(weights_dir: str | Path, device: torch.device | str):
     return FaceParser.from_file(path, device=device)
 
 
-def face_parser_for_sampling(config: CapHumanConfig, weights_dir: str | Path, device: torch.device | str):
-    """The parser sampling uses: none for the tiny model (its random CLIP gains nothing from a
-    finer mask), BiSeNet when its file is present, else None (the face-mesh oval)."""
-    if config.model.backbone == "tiny":
-        return None
-    parser = load_face_parser(weights_dir, device)
-    if parser is None:
-        logger.info("No face-parsing weights at %s; using the face-mesh oval as the face region.", weights_path(weights_dir, FACE_PARSER_FILE))
-    return parser
-
-
 def load_head_prior(name: str, weights_dir: str | Path, detector, device: torch.device | str):
     """The head prior ``name`` ("deca" or "builtin"), sharing ``detector`` (a FaceDetector)."""
     if name == "deca":

@@ -185,6 +185,16 @@ class CapHumanSession:
             self._pipeline.set_progress_bar_config(disable=not self.progress_bar)
         return self._pipeline
 
+    def load_condition_models(self) -> None:
+        """Load every model that turns photos into conditions now (not the pipeline), so a
+        missing weights file is reported before any photo is processed."""
+        self.detector
+        if RECOGNIZER_CROPS[self.config.model.face_recognizer] == "facenet160" and self.config.identity.facenet_crop == "mtcnn":
+            self.mtcnn
+        self.face_parser
+        self.recognizer
+        self.head_prior
+
     # ------------------------------------------------------------------ photos
 
     @staticmethod

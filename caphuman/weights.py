@@ -70,7 +70,7 @@ CAPABILITIES: dict[str, str] = {
     "convert": "caphuman convert --from caphuman.ckpt (original release -> checkpoints/caphuman)",
     "recognizer-facenet": "model.face_recognizer: facenet (as released)",
     "recognizer-arcface": "model.face_recognizer: arcface (ONNX)",
-    "face-parser-bisenet": "BiSeNet face parsing (else the face-mesh oval is used)",
+    "face-parser-bisenet": "identity.face_parser: bisenet (as released; 'mesh' uses the face-mesh oval offline)",
     "head-prior-deca": "model.head_prior: deca (faithful to the released weights)",
     "eval-identity": "FaceNet identity similarity metric",
     "body-controlnet": "caphuman sample --body-control-strength: the official second (OpenPose) ControlNet",

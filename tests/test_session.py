@@ -122,3 +122,22 @@ def test_added_prompt_is_the_joined_prompt(session, astronaut):
     added = run("a photo of a person", "in the snow")
     np.testing.assert_array_equal(added, run("a photo of a person, in the snow"))
     assert not np.array_equal(added, run("a photo of a person"))
+
+
+def test_preprocess_without_the_configured_parser_file_stops_before_any_photo(astronaut, tmp_path):
+    import yaml
+
+    from caphuman.data.preprocess import PreprocessSettings, preprocess_folder
+    from caphuman.errors import MissingWeightsError
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(astronaut).save(tmp_path / "photos" / "astronaut.png")
+    config = yaml.safe_load(open("configs/tiny.yaml"))
+    config["identity"] = {"face_parser": "bisenet"}
+    (tmp_path / "bisenet.yaml").write_text(yaml.safe_dump(config))
+    settings = PreprocessSettings(
+        images=str(tmp_path / "photos"), out=str(tmp_path / "out"), config=str(tmp_path / "bisenet.yaml"), weights=str(tmp_path / "none"), image_size=64
+    )
+    with pytest.raises(MissingWeightsError, match="79999_iter.pth"):
+        preprocess_folder(settings, progress=False)
+    assert not (tmp_path / "out" / "report.json").exists()

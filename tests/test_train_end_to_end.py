@@ -61,9 +61,10 @@ def workspace(tmp_path_factory):
     photos, dataset = root / "photos", root / "dataset"
     make_demo_photos(photos)
     # `caphuman preprocess --config` reads a model config (model + sampling); the training
-    # config's own model section decides the recogniser and head prior.
+    # config's own model and identity sections decide the recogniser, head prior and face parser.
     model_config = root / "model.yaml"
-    model_config.write_text(yaml.safe_dump({"model": yaml.safe_load(TRAIN_CONFIG.read_text())["model"]}))
+    train_config = yaml.safe_load(TRAIN_CONFIG.read_text())
+    model_config.write_text(yaml.safe_dump({key: train_config[key] for key in ("model", "identity") if key in train_config}))
     assert main([
         "preprocess", "--config", str(model_config), "--images", str(photos), "--captions", str(photos / "captions.jsonl"),
         "--out", str(dataset), "--image-size", str(IMAGE_SIZE), "--weights", str(root / "no-weights"), "--no-progress",

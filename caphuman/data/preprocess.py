@@ -250,6 +250,7 @@ class PhotoProcessor:
 
         self.image_size = image_size
         self.session = CapHumanSession(config, weights_dir, device)
+        self.session.load_condition_models()  # a missing weights file stops the run here, not per photo
         self.device = self.session.device
 
     def process(self, path: Path, source: str, caption: str) -> FaceRecord:
@@ -508,6 +509,11 @@ def preprocess_folder(
     if parser_choice == "auto":
         parser_choice = "bisenet" if (Path(settings.weights) / FACE_PARSER_FILE).is_file() else "mesh"
     face_parser = "bisenet" if parser_choice == "bisenet" else "mesh_oval"
+    if face_parser == "bisenet" and not (Path(settings.weights) / FACE_PARSER_FILE).is_file():
+        from caphuman.errors import MissingWeightsError
+        from caphuman.faces.bisenet import BISENET_WEIGHTS_SOURCE
+
+        raise MissingWeightsError("BiSeNet face-parsing weights (identity.face_parser: bisenet)", str(Path(settings.weights) / FACE_PARSER_FILE), BISENET_WEIGHTS_SOURCE)
     _check_or_write_settings(out, dataset_settings(settings, config, face_parser))
     processor: Optional[PhotoProcessor] = None
     pool = None
