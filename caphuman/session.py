@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from caphuman.head.params import HeadParams
 
 logger = logging.getLogger(__name__)
 
-Photo = Union[str, os.PathLike, np.ndarray]
+Photo = str | os.PathLike | np.ndarray
 
 # The aligned crop each recogniser reads (FaceRecognizer.crop), known before loading its weights.
 RECOGNIZER_CROPS = {"facenet": "facenet160", "tiny": "facenet160", "arcface": "arcface112", "dlib": "dlib150"}
@@ -148,13 +148,14 @@ class CapHumanSession:
             else:
                 self._parser = load_face_parser(self.weights_dir, self.device)
                 if self._parser is None:
-                    logger.info("No face-parsing weights at %s; using the face-mesh oval as the face region.", weights_path(self.weights_dir, FACE_PARSER_FILE))
+                    path = weights_path(self.weights_dir, FACE_PARSER_FILE)
+                    logger.info("No face-parsing weights at %s; using the face-mesh oval as the face region.", path)
             self._parser_loaded = True
         return self._parser
 
     @property
     def face_parser_name(self) -> str:
-        """"bisenet" or "mesh": what :meth:`face_region` uses (loads the parser to find out)."""
+        """ "bisenet" or "mesh": what :meth:`face_region` uses (loads the parser to find out)."""
         return "mesh" if self.face_parser is None else "bisenet"
 
     @property
@@ -188,12 +189,9 @@ class CapHumanSession:
     def load_condition_models(self) -> None:
         """Load every model that turns photos into conditions now (not the pipeline), so a
         missing weights file is reported before any photo is processed."""
-        self.detector
-        if RECOGNIZER_CROPS[self.config.model.face_recognizer] == "facenet160" and self.config.identity.facenet_crop == "mtcnn":
-            self.mtcnn
-        self.face_parser
-        self.recognizer
-        self.head_prior
+        uses_mtcnn = RECOGNIZER_CROPS[self.config.model.face_recognizer] == "facenet160" and self.config.identity.facenet_crop == "mtcnn"
+        loaded = [self.detector, self.face_parser, self.recognizer, self.head_prior, self.mtcnn if uses_mtcnn else None]
+        logger.debug("Condition models ready: %s", ", ".join(type(model).__name__ for model in loaded if model is not None))
 
     # ------------------------------------------------------------------ photos
 
@@ -391,9 +389,8 @@ class CapHumanSession:
             self._detector = None
             self._head_prior = None  # it holds the closed detector
 
-    def __enter__(self) -> "CapHumanSession":
+    def __enter__(self) -> CapHumanSession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-

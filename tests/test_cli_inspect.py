@@ -75,7 +75,14 @@ def test_inspect_published_config_without_weights_writes_what_needs_no_file(phot
     assert np.abs(facenet.astype(int) - mtcnn_crop.astype(int)).max() <= 2
     assert read_png(out / "head_input.png").shape == (512, 512, 3)
     summary = json.loads((out / "inspect.json").read_text())
-    assert set(summary["skipped"]) == {"parsing_mask.png", "clip_input.png", "head_params.json", "hint_normals.png", "hint_albedo.png", "hint_shaded.png"}
+    assert set(summary["skipped"]) == {
+        "parsing_mask.png",
+        "clip_input.png",
+        "head_params.json",
+        "hint_normals.png",
+        "hint_albedo.png",
+        "hint_shaded.png",
+    }
     assert summary["skipped"]["clip_input.png"].endswith("face-parsing/79999_iter.pth")
     assert summary["skipped"]["head_params.json"].endswith("deca/deca_model.tar")
     assert not (out / "clip_input.png").exists() and not (out / "head_params.json").exists()

@@ -29,7 +29,9 @@ def test_checkpoint_flags_resolve_from_the_current_folder(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_style.safetensors").write_bytes(b"")
     (tmp_path / "vae").mkdir()
-    config = config_from_args(parse("--config", TINY, "--sd-ckpt", "my_style.safetensors", "--vae-ckpt", "vae", "--height", "48", "--width", "80", "--eta", "0.5"))
+    config = config_from_args(
+        parse("--config", TINY, "--sd-ckpt", "my_style.safetensors", "--vae-ckpt", "vae", "--height", "48", "--width", "80", "--eta", "0.5")
+    )
     assert config.model.stable_diffusion == str(tmp_path / "my_style.safetensors")
     assert config.model.vae == str(tmp_path / "vae")
     assert (config.sampling.height, config.sampling.width, config.sampling.eta) == (48, 80, 0.5)
@@ -47,10 +49,31 @@ def test_size_and_added_prompt_reach_the_run(tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(photo)
     out = tmp_path / "run"
-    code = main([
-        "sample", "--config", TINY, "--ref", str(photo), "--prompt", "a photo of a person", "--a-prompt", "best quality",
-        "--height", "48", "--width", "80", "--eta", "0.3", "--steps", "2", "--out", str(out), "--device", "cpu",
-    ])
+    code = main(
+        [
+            "sample",
+            "--config",
+            TINY,
+            "--ref",
+            str(photo),
+            "--prompt",
+            "a photo of a person",
+            "--a-prompt",
+            "best quality",
+            "--height",
+            "48",
+            "--width",
+            "80",
+            "--eta",
+            "0.3",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     assert Image.open(out / "image_000.png").size == (80, 48)
     assert Image.open(out / "hint.png").size == (3 * 80, 48)

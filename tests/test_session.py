@@ -136,7 +136,11 @@ def test_preprocess_without_the_configured_parser_file_stops_before_any_photo(as
     config["identity"] = {"face_parser": "bisenet"}
     (tmp_path / "bisenet.yaml").write_text(yaml.safe_dump(config))
     settings = PreprocessSettings(
-        images=str(tmp_path / "photos"), out=str(tmp_path / "out"), config=str(tmp_path / "bisenet.yaml"), weights=str(tmp_path / "none"), image_size=64
+        images=str(tmp_path / "photos"),
+        out=str(tmp_path / "out"),
+        config=str(tmp_path / "bisenet.yaml"),
+        weights=str(tmp_path / "none"),
+        image_size=64,
     )
     with pytest.raises(MissingWeightsError, match="79999_iter.pth"):
         preprocess_folder(settings, progress=False)

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             facts = {"modes": list(modes), "pose_reference": args.pose_ref, **head_params_json(params)}
             write("head_params.json", (json.dumps(facts, indent=2) + "\n").encode("utf-8"), f"head prior: {config.model.head_prior}")
             hint = session.hint(params)
-            for name, image in zip(HINT_GROUP_FILES, hint_group_images(hint)):
+            for name, image in zip(HINT_GROUP_FILES, hint_group_images(hint), strict=True):
                 write(name, png_bytes(image), f"{config.sampling.height}x{config.sampling.width} render")
         except MissingWeightsError as error:
             skip(["head_params.json", *HINT_GROUP_FILES], error)

@@ -513,7 +513,8 @@ def preprocess_folder(
         from caphuman.errors import MissingWeightsError
         from caphuman.faces.bisenet import BISENET_WEIGHTS_SOURCE
 
-        raise MissingWeightsError("BiSeNet face-parsing weights (identity.face_parser: bisenet)", str(Path(settings.weights) / FACE_PARSER_FILE), BISENET_WEIGHTS_SOURCE)
+        what = "BiSeNet face-parsing weights (identity.face_parser: bisenet)"
+        raise MissingWeightsError(what, str(Path(settings.weights) / FACE_PARSER_FILE), BISENET_WEIGHTS_SOURCE)
     _check_or_write_settings(out, dataset_settings(settings, config, face_parser))
     processor: Optional[PhotoProcessor] = None
     pool = None
