@@ -11,6 +11,10 @@ An optional second branch, ``body_controlnet`` (the official OpenPose ControlNet
 (body, hands, face dots; caphuman/body/) with each guidance branch's TEXT embeddings, as in
 ControlNet; its residuals, times ``body_control_strength``, are added to CapFace's without the face
 mask gate. At strength 0 (the published default) or without a map it is not run at all.
+
+Several people (``people=[PersonCondition, ...]``): one CapFace pass per person with that
+person's identity tokens and hint; each pass is gated by its own predicted face mask and the
+gated residuals are summed (see caphuman.conditions.people).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from caphuman.conditions.hint import check_hint
 from caphuman.conditions.identity import IdentityInputs, ReferenceFace, identity_tokens, prepare_identity_inputs
+from caphuman.conditions.people import PersonCondition
 from caphuman.conditions.text import encode_prompts
 from caphuman.faces.recognizer import FaceRecognizer
 from caphuman.models.capface import CapFaceModel
@@ -45,7 +50,8 @@ logger = logging.getLogger(__name__)
 class CapHumanPipelineOutput(BaseOutput):
     """Attributes:
     images: PIL images, or an array (N, H, W, 3) in [0, 1] for output_type "np", or latents.
-    face_masks: (N, 1, H/8, W/8) CapFace's predicted face mask at the last step.
+    face_masks: (N, 1, H/8, W/8) CapFace's predicted face mask at the last step (several people:
+        the union, i.e. the per-pixel maximum, of their masks).
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -200,7 +206,7 @@ class CapHumanPipeline(DiffusionPipeline):
         if identity_guidance_scale is not None:
             # A third branch without identity: negative text and zeroed identity tokens.
             down_no_id, mid_no_id, _ = self.capface_residuals(
-                model_input, timestep, torch.zeros_like(id_tokens), hint, capface_strength, mask_gating
+                model_input, timestep, zeros_like_tokens(id_tokens), hint, capface_strength, mask_gating
             )
             branches_text.insert(0, negative_embeds)
             branches_down.insert(0, down_no_id)
@@ -232,14 +238,19 @@ class CapHumanPipeline(DiffusionPipeline):
         return guided, face_mask
 
     def capface_residuals(
-        self, model_input: torch.Tensor, timestep: torch.Tensor, id_tokens: torch.Tensor, hint: torch.Tensor,
-        strength: float, mask_gating: bool,
+        self, model_input: torch.Tensor, timestep: torch.Tensor, id_tokens: torch.Tensor | list[torch.Tensor],
+        hint: torch.Tensor | list[torch.Tensor], strength: float, mask_gating: bool,
     ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None, torch.Tensor]:
         """CapFace's gated, scaled residuals and face mask; at strength 0 CapFace is skipped
-        (its residuals would all be multiplied by 0) and the mask is returned as zeros."""
+        (its residuals would all be multiplied by 0) and the mask is returned as zeros.
+
+        ``id_tokens`` and ``hint`` may be lists (one entry per person): then CapFace runs once per
+        person, each pass gated by its own mask, and the residuals are summed."""
         if strength == 0:
             batch, _, height, width = model_input.shape
             return None, None, model_input.new_zeros(batch, 1, height, width)
+        if isinstance(id_tokens, (list, tuple)):
+            return self.people_residuals(model_input, timestep, list(id_tokens), list(hint), strength, mask_gating)
         output = self.capface(model_input, timestep, id_tokens, hint)
         down, mid = output.gated_residuals(strength, mask_gating)
         return down, mid, output.face_mask
@@ -281,12 +292,27 @@ class CapHumanPipeline(DiffusionPipeline):
             raise ValueError(f"body_map is {body_map.shape[-2]}x{body_map.shape[-1]} but the image is {height}x{width}.")
         return body_map.expand(batch, -1, -1, -1).to(self._execution_device, self.body_controlnet.dtype)
 
+    def people_residuals(
+        self, model_input: torch.Tensor, timestep: torch.Tensor, id_tokens: list[torch.Tensor], hints: list[torch.Tensor],
+        strength: float, mask_gating: bool,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Sum over people of each person's own gated residuals; the mask is their union."""
+        down_sum, mid_sum, mask_union = None, None, None
+        for tokens, person_hint in zip(id_tokens, hints, strict=True):
+            down, mid, mask = self.capface_residuals(model_input, timestep, tokens, person_hint, strength, mask_gating)
+            if down_sum is None:
+                down_sum, mid_sum, mask_union = down, mid, mask
+            else:
+                down_sum = [total + residual for total, residual in zip(down_sum, down)]
+                mid_sum, mask_union = mid_sum + mid, torch.maximum(mask_union, mask)
+        return down_sum, mid_sum, mask_union
+
     # 4. the loop ----------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str],
-        hint: torch.Tensor,
+        hint: torch.Tensor | None = None,
         references: list[ReferenceFace] | None = None,
         identity: IdentityInputs | None = None,
         negative_prompt: str | list[str] | None = None,
@@ -307,6 +333,7 @@ class CapHumanPipeline(DiffusionPipeline):
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         body_map: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
         body_control_strength: float = 0.0,
+        people: list[PersonCondition] | None = None,
     ) -> CapHumanPipelineOutput:
         """Generate images.
 
@@ -331,17 +358,28 @@ class CapHumanPipeline(DiffusionPipeline):
                 a PIL image or (H, W, 3) uint8 array, or a tensor in [0, 1] of shape (3, H, W),
                 (1, 3, H, W) or (B, 3, H, W).
             body_control_strength: scale of the OpenPose ControlNet's residuals (published default 0: off).
+            people: several people instead of ``hint`` + ``references``/``identity``: one
+                :class:`PersonCondition` each (their hints on the full canvas); one CapFace pass
+                per person, gated by its own mask, residuals summed. One person equals the
+                single-person call.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negative_prompt = "" if negative_prompt is None else negative_prompt
         negative_prompts = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        if isinstance(hint, torch.Tensor):
-            height = hint.shape[-2] if height is None else height
-            width = hint.shape[-1] if width is None else width
-        self.check_inputs(
-            prompts, negative_prompts, hint, references, identity, height, width, num_inference_steps,
-            guidance_scale, identity_guidance_scale, capface_strength, reference_fusion, tau,
-        )
+        if people is None:
+            people = [PersonCondition(hint=hint, references=references, identity=identity)]
+        elif hint is not None or references is not None or identity is not None:
+            raise ValueError("Pass either `people` or `hint` with `references`/`identity`, not both.")
+        elif not people or not all(isinstance(person, PersonCondition) for person in people):
+            raise ValueError("`people` must be a non-empty list of PersonCondition.")
+        if isinstance(people[0].hint, torch.Tensor):
+            height = people[0].hint.shape[-2] if height is None else height
+            width = people[0].hint.shape[-1] if width is None else width
+        for person in people:
+            self.check_inputs(
+                prompts, negative_prompts, person.hint, person.references, person.identity, height, width, num_inference_steps,
+                guidance_scale, identity_guidance_scale, capface_strength, reference_fusion, tau,
+            )
         if body_control_strength < 0:
             raise ValueError(f"body_control_strength must be >= 0, got {body_control_strength}.")
         use_body = body_map is not None and body_control_strength != 0
@@ -357,10 +395,19 @@ class CapHumanPipeline(DiffusionPipeline):
         negative_embeds = None
         if do_guidance:
             negative_embeds = encode_prompts(negative_prompts, self.tokenizer, self.text_encoder).repeat_interleave(num_images_per_prompt, 0)
-        id_tokens = self.encode_identity(references, identity, len(prompts), reference_fusion)
-        id_tokens = id_tokens.to(self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
-        hint = check_hint(hint, len(prompts), height, width).to(device, self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
         body_map = self.prepare_body_map(body_map, len(prompts), height, width).repeat_interleave(num_images_per_prompt, 0) if use_body else None
+
+        id_tokens = [
+            self.encode_identity(person.references, person.identity, len(prompts), reference_fusion)
+            .to(self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
+            for person in people
+        ]
+        hint = [
+            check_hint(person.hint, len(prompts), height, width).to(device, self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
+            for person in people
+        ]
+        if len(people) == 1:  # one person: exactly the single-person path
+            id_tokens, hint = id_tokens[0], hint[0]
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
@@ -369,7 +416,7 @@ class CapHumanPipeline(DiffusionPipeline):
         step_kwargs = self._scheduler_step_kwargs(generator, eta)
 
         face_mask = None
-        zero_tokens = torch.zeros_like(id_tokens)
+        zero_tokens = zeros_like_tokens(id_tokens)
         with self.progress_bar(total=len(timesteps)) as progress:
             for index, timestep in enumerate(timesteps):
                 # tau: the published model drops identity tokens at early (noisy) steps.
@@ -405,4 +452,11 @@ def add_residuals(
     return [a + b for a, b in zip(down, extra_down)], mid + extra_mid
 
 
-__all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "SCHEDULERS"]
+def zeros_like_tokens(id_tokens: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """Zeroed identity tokens, for one person (a tensor) or several (a list)."""
+    if isinstance(id_tokens, (list, tuple)):
+        return [torch.zeros_like(tokens) for tokens in id_tokens]
+    return torch.zeros_like(id_tokens)
+
+
+__all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "PersonCondition", "SCHEDULERS"]
