@@ -1,4 +1,4 @@
-"""The `caphuman` command: sample | doctor | convert | preprocess | train | eval | inspect.
+"""The `caphuman` command: sample | sweep | demo | doctor | convert | preprocess | train | eval | inspect.
 
 Each sub-command maps to one typed function; user errors (a missing file, a photo without a
 face, a bad config value) print one sentence and exit with code 2, without a traceback.
@@ -20,6 +20,8 @@ EXIT_USER_ERROR = 2
 # sub-command -> module with add_arguments(parser) and run(args); the module docstring is its help.
 COMMANDS: dict[str, str] = {
     "sample": "caphuman.commands.sample",
+    "sweep": "caphuman.commands.sweep",
+    "demo": "caphuman.commands.demo",
     "doctor": "caphuman.commands.doctor",
     "download": "caphuman.commands.download",
     "convert": "caphuman.commands.convert",

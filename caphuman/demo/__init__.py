@@ -1,0 +1,1 @@
+"""The web demo (`caphuman demo`): a gradio page over CapHumanSession. See caphuman.demo.app."""
