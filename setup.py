@@ -41,6 +41,11 @@ install_requires = [
     "tensorboard>=2.14",
     "matplotlib>=3.7",
     "huggingface_hub>=0.23",
+    # `caphuman demo`. gradio 6 installs with numpy<2 (checked with pip --dry-run: it changes no
+    # torch/diffusers/transformers/numpy/huggingface_hub version); it wants pillow<13.
+    "gradio>=6,<7",
+    # `caphuman sweep` writes MP4 through the ffmpeg binary this wheel ships (offline); GIF needs only Pillow.
+    "imageio-ffmpeg>=0.5",
 ]
 
 extras_require = {
@@ -54,6 +59,9 @@ extras_require = {
         # lint + format (pyproject.toml [tool.ruff]); pinned so everyone and .pre-commit-config.yaml
         # (same rev) format identically.
         "ruff==0.17.6",
+        # drive the demo in headless Chromium; the browser is Debian's `chromium` package
+        # (.ci/run installs it), never `playwright install`
+        "playwright>=1.40",
     ],
     # Optional CUDA speed-ups; never required.
     "cuda": ["xformers"],
