@@ -337,6 +337,7 @@ class CapHumanSession:
         a_prompt: str = "",
         generator: torch.Generator | list[torch.Generator] | None = None,
         body_map: np.ndarray | torch.Tensor | None = None,
+        people: list | None = None,
         **overrides: Any,
     ):
         """Images of the reference person for ``prompt`` with the head in ``hint``.
@@ -350,6 +351,9 @@ class CapHumanSession:
                 pipeline's device (the official script draws its noise on the GPU after seeding).
             body_map: the OpenPose ControlNet's pose map (used when ``sampling.body_control_strength``
                 > 0 and the config names ``model.body_controlnet``).
+            people: several people instead of ``references`` and ``hint`` (pass None for both): a list
+                of :class:`caphuman.conditions.people.PersonCondition`, each with its own references and
+                hint on the full canvas; one CapFace pass per person, each gated by its own mask.
             overrides: SamplingConfig fields for this call (num_images, num_inference_steps,
                 guidance_scale, capface_strength, mask_gating, tau, eta, seed, negative_prompt...).
         Returns:
@@ -378,6 +382,7 @@ class CapHumanSession:
             generator=generator,
             body_map=body_map,
             body_control_strength=sampling.body_control_strength,
+            people=people,
         )
 
     # ------------------------------------------------------------------ lifetime

@@ -85,7 +85,7 @@ def main() -> int:
             page.locator("#strip").screenshot(path=str(work / "sweep.png"))
             save_small(work / "sweep.png", out / "demo_turn_head.png")
 
-            page.get_by_text("Person 2 (optional)").first.click()
+            page.get_by_role("tab", name="Person 2 (optional)").click()
             page.locator("#reference2 input[type=file]").set_input_files(str(work / "mirrored.png"))
             page.wait_for_timeout(3000)
             page.locator("#hint_preview").screenshot(path=str(work / "two.png"))

@@ -39,6 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--pitch", type=float, help="head pitch in degrees (positive tilts the nose down)")
     inputs.add_argument("--roll", type=float, help="head roll in degrees (positive turns the head counter-clockwise)")
     inputs.add_argument("--face-index", type=int, default=0, help="which face when a photo has several (0 = largest)")
+    inputs.add_argument(
+        "--person",
+        nargs="+",
+        action="append",
+        metavar="REF [POSE [MODES]]",
+        help="another person in the image: their reference photo, optionally a pose photo and the modes taken from it "
+        "(default position,pose); repeat for more people. --ref/--pose-ref is person 1. Each person gets their own CapFace "
+        "pass; without pose photos that give positions, people stand side by side. --yaw/--pitch/--roll apply to everyone.",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
     model.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
@@ -105,6 +114,20 @@ def config_from_args(args: argparse.Namespace) -> CapHumanConfig:
     return load_config(args.config, overrides)
 
 
+def parse_people(specs: list[list[str]] | None) -> list[tuple[str, str | None, tuple[str, ...]]]:
+    """--person REF [POSE [MODES]] values -> (reference, pose or None, modes), checked."""
+    from caphuman.errors import CapHumanError
+    from caphuman.head.params import parse_modes
+
+    people = []
+    for spec in specs or []:
+        if len(spec) > 3:
+            raise CapHumanError(f"--person takes REF [POSE [MODES]], got {len(spec)} values: {' '.join(spec)}.")
+        reference, pose = spec[0], spec[1] if len(spec) > 1 else None
+        people.append((reference, pose, parse_modes(spec[2]) if len(spec) > 2 else ("position", "pose")))
+    return people
+
+
 def save_png_atomically(image: Image.Image, path: Path) -> None:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(handle)
@@ -121,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     modes = parse_modes(args.modes) if args.pose_ref else ()
     # Read every input before loading any model, so a typo fails in a second.
-    for path in args.ref + ([args.pose_ref] if args.pose_ref else []):
+    others = parse_people(args.person)
+    for path in args.ref + ([args.pose_ref] if args.pose_ref else []) + [path for ref, pose, _ in others for path in (ref, pose) if path]:
         CapHumanSession.load_photo(path)
     ready_body_map = check_body_inputs(args, config)
     if config.model.backbone == "sd15" and config.model.caphuman is not None and config.model.head_prior != "deca":
@@ -139,18 +163,43 @@ def run(args: argparse.Namespace) -> int:
             params = transfer(params, session.head(args.pose_ref, face_index=args.face_index), modes)
         if any(angle is not None for angle in (args.yaw, args.pitch, args.roll)):
             params = set_pose(params, args.yaw, args.pitch, args.roll)
+        other_params = []
+        for ref, pose, person_modes in others:
+            head = session.head(ref, face_index=args.face_index)
+            if pose:
+                head = transfer(head, session.head(pose, face_index=args.face_index), person_modes)
+            if any(angle is not None for angle in (args.yaw, args.pitch, args.roll)):
+                head = set_pose(head, args.yaw, args.pitch, args.roll)
+            other_params.append(head)
+        placed_by_photos = "position" in modes and all(pose and "position" in m for _, pose, m in others)
+        if others and not placed_by_photos:
+            from caphuman.conditions.people import arrange_in_row
+
+            params, *other_params = arrange_in_row([params, *other_params])
         head_hint = session.hint(params)
+        other_hints = [session.hint(head) for head in other_params]
         # The official map comes from the pose photo; without one, the reference is the pose. Drawn
         # in the head prior's frame (the photo squashed or padded to a square), as the hint is.
         pose_photo = session.head_input(args.pose_ref if args.pose_ref else args.ref[0])
         body_map = body_map_for_run(config, ready_body_map, pose_photo, session.head_prior, params)
-        output = session.generate(args.prompt, references, head_hint, a_prompt=args.a_prompt, body_map=body_map)
+        if others:  # one CapFace pass per person (caphuman.conditions.people)
+            from caphuman.conditions.people import PersonCondition
+
+            people = [PersonCondition(hint=head_hint, references=references)] + [
+                PersonCondition(hint=hint, references=session.reference_faces(ref, args.face_index))
+                for hint, (ref, _, _) in zip(other_hints, others, strict=True)
+            ]
+            output = session.generate(args.prompt, None, None, a_prompt=args.a_prompt, body_map=body_map, people=people)
+        else:
+            output = session.generate(args.prompt, references, head_hint, a_prompt=args.a_prompt, body_map=body_map)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(output.images):
         save_png_atomically(image, out / f"image_{index:03d}.png")
     save_png_atomically(hint_preview(head_hint), out / "hint.png")
+    for number, hint in enumerate(other_hints, start=2):
+        save_png_atomically(hint_preview(hint), out / f"hint_person{number}.png")
     if body_map is not None:
         save_png_atomically(Image.fromarray(body_map), out / BODY_MAP_FILE)
     run_facts = {
@@ -167,6 +216,10 @@ def run(args: argparse.Namespace) -> int:
             "weights": str(Path(args.weights).resolve()),
             "device": str(device),
             "head_rotation_degrees": [round(float(v), 3) for v in params.rotation[0].tolist()],
+            "other_people": [
+                {"reference": str(Path(ref).resolve()), "pose_reference": str(Path(pose).resolve()) if pose else None, "modes": list(m)}
+                for ref, pose, m in others
+            ],
         }
     }
     save_config(config, out / "config.yaml", extra=run_facts)
