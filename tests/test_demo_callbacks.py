@@ -204,3 +204,32 @@ def test_page_error_names_the_file_not_the_server_path():
     error = page_error(CapHumanError("Input image '/tmp/gradio/abc123/holiday photo.jpg' is not an image file that can be read."))
     assert error.message == "Input image 'holiday photo.jpg' is not an image file that can be read."
     assert "ran out of memory" in page_error(torch.cuda.OutOfMemoryError()).message
+
+
+def test_second_controlnet_strength_from_the_page(tmp_path, photos, tiny_backbone, monkeypatch):
+    """With model.body_controlnet set, the page's strength reaches the pipeline with a pose map
+    drawn from the photo, and changes the image; without it, asking for it is one sentence."""
+    from diffusers import ControlNetModel
+
+    from tests.test_body_control import random_openpose_controlnet
+
+    random_openpose_controlnet(tiny_backbone.unet).save_pretrained(tmp_path / "openpose")
+    config = yaml.safe_load(Path("configs/tiny.yaml").read_text())
+    config["model"]["body_controlnet"] = "openpose"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    demo = DemoBackend(str(tmp_path / "c.yaml"), tmp_path, "cpu", tmp_path / "out")
+    assert demo.body_control_available()
+    person = [PersonInput(str(photos["face"]))]
+    off = demo.generate(person, HeadControls(), GenerationSettings(seed=2, **FAST))
+    on = demo.generate(person, HeadControls(), GenerationSettings(seed=2, body_control_strength=1.0, **FAST))
+    assert isinstance(demo.session(DEFAULT_STYLE).pipeline.body_controlnet, ControlNetModel)
+    difference = np.abs(np.asarray(Image.open(on.images[0]), dtype=int) - np.asarray(Image.open(off.images[0]), dtype=int)).mean()
+    assert difference > 1.0
+    assert yaml.safe_load((on.images[0].parent / "config.yaml").read_text())["sampling"]["body_control_strength"] == 1.0
+    demo.close()
+
+    plain = DemoBackend("configs/tiny.yaml", tmp_path / "empty", "cpu", tmp_path / "out2")
+    assert not plain.body_control_available()
+    with pytest.raises(CapHumanError, match="needs the OpenPose ControlNet"):
+        plain.generate(person, HeadControls(), GenerationSettings(body_control_strength=0.5, **FAST))
+    plain.close()

@@ -113,8 +113,14 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
                     num_images = gr.Slider(1, 12, value=sampling.num_images, step=1, label="Images", elem_id="num_images")
                     image_resolution = gr.Slider(256, 1024, value=resolution, step=64, label="Image resolution", elem_id="resolution")
                     strength = gr.Slider(0.0, 2.0, value=sampling.capface_strength, step=0.01, label="CapFace strength")
-                    body_strength = gr.Slider(0.0, 2.0, value=0.0, step=0.01, interactive=False,
-                                              label="Second ControlNet (OpenPose) strength: not available in this version")
+                    body_ready = backend.body_control_available()
+                    body_strength = gr.Slider(
+                        0.0, 2.0, value=0.0, step=0.01, interactive=body_ready, elem_id="body_strength",
+                        label="Second ControlNet (OpenPose) strength" if body_ready
+                        else "Second ControlNet (OpenPose) strength: set model.body_controlnet in the config to use it",
+                    )
+                    body_modes = gr.CheckboxGroup(["face", "body", "hand"], value=["face", "body"], interactive=body_ready,
+                                                  label="Drawn in the OpenPose map (body and hands from the pose photo)")
                     tau = gr.Slider(0, 1000, value=sampling.tau, step=1, label="Identity start step (tau; 0 = identity at every step)")
                     steps = gr.Slider(1, 100, value=sampling.num_inference_steps, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Slider(0.0, 30.0, value=sampling.guidance_scale, step=0.1, label="Guidance scale")
@@ -141,7 +147,7 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
         person_inputs = [reference, more, pose, modes, reference2, pose2, modes2]
         control_inputs = [set_angles, yaw, pitch, roll, look_photo, look_modes]
         setting_inputs = [prompt, added_prompt, negative_prompt, seed, num_images, image_resolution, strength, body_strength,
-                          tau, steps, guidance, eta, style]
+                          body_modes, tau, steps, guidance, eta, style]
 
         def people_from(ref, more_files, pose_photo, modes1, ref2, pose_photo2, modes_2) -> list[PersonInput]:
             people = [PersonInput(ref, _files(more_files), pose_photo, list(modes1 or []))]
@@ -155,13 +161,13 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
 
         def settings_from(*values) -> GenerationSettings:
             names = ["prompt", "added_prompt", "negative_prompt", "seed", "num_images", "resolution", "capface_strength",
-                     "body_control_strength", "tau", "steps", "guidance_scale", "eta", "style"]
+                     "body_control_strength", "body_modes", "tau", "steps", "guidance_scale", "eta", "style"]
             return GenerationSettings(**dict(zip(names, values)))
 
         def split(values):
             people = people_from(*values[:7])
             controls = controls_from(*values[7:13])
-            return people, controls, settings_from(*values[13:26])
+            return people, controls, settings_from(*values[13:27])
 
         def on_preview(*values):
             people = people_from(*values[:7])

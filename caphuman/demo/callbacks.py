@@ -75,7 +75,8 @@ class GenerationSettings:
     num_images: int = 1
     resolution: int = 512
     capface_strength: float = 1.0
-    body_control_strength: float = 0.0
+    body_control_strength: float = 0.0  # the second (OpenPose) ControlNet; needs model.body_controlnet
+    body_modes: list[str] = field(default_factory=lambda: ["face", "body"])
     tau: int = 0
     steps: int = 20
     guidance_scale: float = 7.0
@@ -157,12 +158,23 @@ class DemoBackend:
     def styles(self) -> list[str]:
         return [DEFAULT_STYLE, *find_styles(self.weights_dir)] if self.base_config.model.backbone == "sd15" else [DEFAULT_STYLE]
 
+    def body_control_available(self) -> bool:
+        """Whether the config names an OpenPose ControlNet and its file is there."""
+        from caphuman.loading import weights_path
+
+        name = self.base_config.model.body_controlnet
+        return name is not None and weights_path(self.weights_dir, name).exists()
+
     def config_for(self, style: str) -> CapHumanConfig:
-        if style in (None, "", DEFAULT_STYLE):
-            return self.base_config
-        if style not in self.styles():
-            raise CapHumanError(f"Style '{style}' is not an SD 1.5 file under {self.weights_dir}.")
-        return load_config(self.config_path, {"model": {"stable_diffusion": str((self.weights_dir / style).resolve())}})
+        overrides: dict = {}
+        if style not in (None, "", DEFAULT_STYLE):
+            if style not in self.styles():
+                raise CapHumanError(f"Style '{style}' is not an SD 1.5 file under {self.weights_dir}.")
+            overrides["model"] = {"stable_diffusion": str((self.weights_dir / style).resolve())}
+        if self.body_control_available() and self.base_config.sampling.body_control_strength == 0:
+            # The pipeline loads the ControlNet only for a strength > 0; the page sets the strength per run.
+            overrides["sampling"] = {"body_control_strength": 1.0}
+        return load_config(self.config_path, overrides) if overrides else self.base_config
 
     def session(self, style: str = DEFAULT_STYLE):
         """The session for ``style``; switching style frees the previous pipeline first (one SD
@@ -252,7 +264,8 @@ class DemoBackend:
             raise CapHumanError(f"Resolution must be a multiple of 64 between {low} and {high}, got {settings.resolution}.")
         checks = [
             ("Images", settings.num_images, 1, 12), ("Steps", settings.steps, 1, 100), ("Guidance scale", settings.guidance_scale, 0, 30),
-            ("CapFace strength", settings.capface_strength, 0, 2), ("Identity start step", settings.tau, 0, 1000), ("eta", settings.eta, 0, 1),
+            ("CapFace strength", settings.capface_strength, 0, 2),
+            ("Second ControlNet strength", settings.body_control_strength, 0, 2), ("Identity start step", settings.tau, 0, 1000), ("eta", settings.eta, 0, 1),
         ]
         for name, value, low, high in checks:
             if value is None or not low <= float(value) <= high:
@@ -281,12 +294,46 @@ class DemoBackend:
         ]
         return people, heads, hints, references
 
+    def body_map(self, people: list[PersonInput], heads: list[HeadParams], settings: GenerationSettings):
+        """The OpenPose ControlNet's map (None when its strength is 0): each person's body from
+        their pose photo (else their reference) and face dots from their head, drawn together."""
+        if not settings.body_control_strength:
+            return None
+        if not self.body_control_available():
+            raise CapHumanError(
+                "The second ControlNet needs the OpenPose ControlNet: set model.body_controlnet in the config and put the "
+                "file under the weights folder (`caphuman download body_controlnet`)."
+            )
+        from caphuman.body.condition import pose_map_for
+        from caphuman.body.openpose_map import parse_body_modes
+        from caphuman.head.landmarks import face_points
+
+        layers = parse_body_modes(list(settings.body_modes or []) or ["face", "body"])
+        maps = []
+        with self.faces_lock:
+            for person, head in zip(people, heads):
+                points = None
+                if "face" in layers:
+                    try:
+                        points = face_points(self.faces.head_prior, head)
+                    except NotImplementedError as error:  # a head prior without landmarks: body and hands only
+                        logger.warning("%s The body map has no face dots.", error)
+                photo = self._session_class.load_photo(person.pose or person.reference)
+                maps.append(pose_map_for(photo, settings.resolution, settings.resolution, layers, face_points=points))
+        return np.maximum.reduce(maps)
+
     def _sampling_overrides(self, settings: GenerationSettings) -> dict:
         return {
             "seed": settings.seed, "num_images": settings.num_images, "num_inference_steps": settings.steps,
             "guidance_scale": float(settings.guidance_scale), "capface_strength": float(settings.capface_strength),
             "tau": settings.tau, "eta": float(settings.eta), "negative_prompt": settings.negative_prompt or "",
         }
+
+    @staticmethod
+    def _saved_sampling(settings: GenerationSettings) -> dict:
+        """What config.yaml records beyond the per-call overrides."""
+        return {"height": settings.resolution, "width": settings.resolution,
+                "body_control_strength": float(settings.body_control_strength), "body_modes": ",".join(settings.body_modes or ["face", "body"])}
 
     def _run(self, session, prompt: str, references: list, hints: list[torch.Tensor], settings: GenerationSettings, **overrides):
         """One generation with the GPU lock held; several people go through ``people=``."""
@@ -330,13 +377,15 @@ class DemoBackend:
         if progress:
             progress(0.0, "Reading the photos")
         people, heads, hints, references = self._conditions(people, controls, settings, session)
+        body_map = self.body_map(people, heads, settings)
         if progress:
             progress(0.1, "Generating")
-        output = self._run(session, settings.prompt, references, hints, settings)
+        body = {"body_map": body_map, "body_control_strength": float(settings.body_control_strength)} if body_map is not None else {}
+        output = self._run(session, settings.prompt, references, hints, settings, **body)
 
         folder = self._request_dir("images")
         config = dataclasses.replace(session.config, sampling=dataclasses.replace(
-            session.config.sampling, height=settings.resolution, width=settings.resolution, **self._sampling_overrides(settings)))
+            session.config.sampling, **self._saved_sampling(settings), **self._sampling_overrides(settings)))
         facts = self._settings_facts(people, controls, settings, heads)
         save_config(config, folder / "config.yaml", extra=facts)
         text = PngImagePlugin.PngInfo()

@@ -103,7 +103,7 @@ class CapHumanSession:
         top, left = (side - height) // 2, (side - width) // 2
         return hint[..., top : top + height, left : left + width]
 
-    def generate(self, prompt: str, references, hint, a_prompt: str = "", generator=None, people=None, **overrides: Any):
+    def generate(self, prompt: str, references, hint, a_prompt: str = "", generator=None, people=None, body_map=None, body_control_strength: float = 0.0, **overrides: Any):
         sampling = dataclasses.replace(self.config.sampling, **{k: v for k, v in overrides.items() if v is not None})
         pipe = self.pipeline
         if generator is None:
@@ -115,6 +115,7 @@ class CapHumanSession:
             guidance_scale=sampling.guidance_scale, identity_guidance_scale=sampling.identity_guidance_scale,
             capface_strength=sampling.capface_strength, mask_gating=sampling.mask_gating, tau=sampling.tau, eta=sampling.eta,
             reference_fusion=self.config.model.reference_fusion, generator=generator,
+            body_map=body_map, body_control_strength=body_control_strength,
         )
 
     def close(self) -> None:
