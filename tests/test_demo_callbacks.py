@@ -233,3 +233,14 @@ def test_second_controlnet_strength_from_the_page(tmp_path, photos, tiny_backbon
     with pytest.raises(CapHumanError, match="needs the OpenPose ControlNet"):
         plain.generate(person, HeadControls(), GenerationSettings(body_control_strength=0.5, **FAST))
     plain.close()
+
+
+def test_choosing_a_style_swaps_the_sd_file(tmp_path):
+    with open(tmp_path / "dreamshaper.safetensors", "wb") as stream:
+        stream.truncate(2 << 30)  # sparse
+    demo = DemoBackend("configs/caphuman_sd15.yaml", tmp_path, "cpu", tmp_path / "out")  # nothing loads until used
+    assert demo.styles() == [DEFAULT_STYLE, "dreamshaper.safetensors"]
+    assert demo.config_for("dreamshaper.safetensors").model.stable_diffusion == str((tmp_path / "dreamshaper.safetensors").resolve())
+    assert demo.config_for(DEFAULT_STYLE).model.stable_diffusion == demo.base_config.model.stable_diffusion
+    with pytest.raises(CapHumanError, match="not an SD 1.5 file"):
+        demo.config_for("other.ckpt")

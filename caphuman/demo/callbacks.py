@@ -149,6 +149,7 @@ class DemoBackend:
         self.output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="caphuman-demo-"))
         self.faces_lock = threading.RLock()
         self.gpu_lock = threading.Lock()
+        self._sessions_lock = threading.RLock()  # a preview and a generation may both ask for the first session
         self._sessions: dict[str, Any] = {}
         self._heads: OrderedDict[tuple[str, int], HeadParams] = OrderedDict()
         self._references: OrderedDict[tuple[str, int], list] = OrderedDict()
@@ -180,13 +181,14 @@ class DemoBackend:
         """The session for ``style``; switching style frees the previous pipeline first (one SD
         model in memory at a time). The default session is kept for the face models."""
         style = style or DEFAULT_STYLE
-        if style not in self._sessions:
-            for other in [key for key in self._sessions if key != DEFAULT_STYLE]:
-                self._sessions.pop(other).close()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self._sessions[style] = self._session_class(self.config_for(style), self.weights_dir, self.device)
-        return self._sessions[style]
+        with self._sessions_lock:
+            if style not in self._sessions:
+                for other in [key for key in self._sessions if key != DEFAULT_STYLE]:
+                    self._sessions.pop(other).close()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._sessions[style] = self._session_class(self.config_for(style), self.weights_dir, self.device)
+            return self._sessions[style]
 
     @property
     def faces(self):
@@ -407,7 +409,7 @@ class DemoBackend:
         yaws = yaw_angles(float(yaw_from), float(yaw_to), int(frames))
         settings = self.check_settings(dataclasses.replace(settings, num_images=1))
         session = self.session(settings.style)
-        people, heads, _, references = self._conditions([person], controls, dataclasses.replace(settings, resolution=settings.resolution), session)
+        people, heads, _, references = self._conditions([person], controls, settings, session)
         overrides = self._sampling_overrides(settings)
         with self.gpu_lock:
             try:
