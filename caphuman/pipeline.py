@@ -303,7 +303,7 @@ class CapHumanPipeline(DiffusionPipeline):
             if down_sum is None:
                 down_sum, mid_sum, mask_union = down, mid, mask
             else:
-                down_sum = [total + residual for total, residual in zip(down_sum, down)]
+                down_sum = [total + residual for total, residual in zip(down_sum, down, strict=True)]
                 mid_sum, mask_union = mid_sum + mid, torch.maximum(mask_union, mask)
         return down_sum, mid_sum, mask_union
 

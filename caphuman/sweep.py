@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,7 +136,12 @@ def write_mp4(images: list[Image.Image], path: Path, fps: float = 6.0, bounce: b
     pad = ((0, height % 2), (0, width % 2), (0, 0))
     tmp = _atomic_path(path)
     writer = imageio_ffmpeg.write_frames(
-        tmp, (width + width % 2, height + height % 2), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+        tmp,
+        (width + width % 2, height + height % 2),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
         ffmpeg_log_level="error",
     )
     writer.send(None)

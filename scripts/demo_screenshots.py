@@ -53,8 +53,21 @@ def main() -> int:
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "caphuman.cli", "demo", "--config", args.config, "--weights", args.weights, "--port", str(port),
-         "--output-dir", str(work / "results")], env=env,
+        [
+            sys.executable,
+            "-m",
+            "caphuman.cli",
+            "demo",
+            "--config",
+            args.config,
+            "--weights",
+            args.weights,
+            "--port",
+            str(port),
+            "--output-dir",
+            str(work / "results"),
+        ],
+        env=env,
     )
     url = f"http://127.0.0.1:{port}/"
     try:

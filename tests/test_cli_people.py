@@ -45,8 +45,25 @@ def test_two_people_get_their_own_pass_side_by_side(photos, tmp_path, monkeypatc
 
     monkeypatch.setattr(CapHumanPipeline, "__call__", spy)
     out = tmp_path / "two"
-    code = main(["sample", "--config", TINY, "--ref", str(photos["face"]), "--person", str(photos["flipped"]),
-                 "--prompt", "two people", "--yaw", "20", "--out", str(out), "--device", "cpu"])
+    code = main(
+        [
+            "sample",
+            "--config",
+            TINY,
+            "--ref",
+            str(photos["face"]),
+            "--person",
+            str(photos["flipped"]),
+            "--prompt",
+            "two people",
+            "--yaw",
+            "20",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     people = seen[-1]
     assert len(people) == 2 and all(len(person.references) == 1 for person in people)

@@ -25,8 +25,9 @@ from PIL import Image
 sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = os.environ.get("CAPHUMAN_CHROMIUM", "/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
-                                reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)"
+)
 TIMEOUT_MS = 60_000
 
 
@@ -55,9 +56,24 @@ def server(tmp_path_factory):
     log = open(out / "server.log", "wb")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "caphuman.cli", "demo", "--config", "configs/tiny.yaml", "--port", str(port), "--device", "cpu",
-         "--output-dir", str(out)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1],
+        [
+            sys.executable,
+            "-m",
+            "caphuman.cli",
+            "demo",
+            "--config",
+            "configs/tiny.yaml",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(out),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
@@ -68,7 +84,7 @@ def server(tmp_path_factory):
         except OSError:
             if process.poll() is not None or time.time() > deadline:
                 log.close()
-                raise RuntimeError(f"the demo did not start:\n{(out / 'server.log').read_text()[-3000:]}")
+                raise RuntimeError(f"the demo did not start:\n{(out / 'server.log').read_text()[-3000:]}") from None
             time.sleep(0.5)
     yield url
     process.terminate()
@@ -79,8 +95,9 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                              args=["--no-sandbox"])
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), args=["--no-sandbox"]
+        )
         yield chromium
         chromium.close()
 
@@ -126,8 +143,9 @@ def set_slider(page, element_id: str, value: int) -> None:
     for _ in range(20):
         page.locator(f"#{element_id} input[type=range]").fill(str(value))
         try:
-            page.wait_for_function("([id, v]) => document.querySelector(`#${id} input[type=number]`).value === v",
-                                   arg=[element_id, str(value)], timeout=1000)
+            page.wait_for_function(
+                "([id, v]) => document.querySelector(`#${id} input[type=number]`).value === v", arg=[element_id, str(value)], timeout=1000
+            )
             return
         except sync_api.TimeoutError:
             continue
@@ -184,9 +202,7 @@ def test_photo_slider_preview_generate_error_and_recovery(server, browser, photo
     assert "/tmp" not in page.get_by_text("is not an image file that can be read").first.inner_text()
     shown_before = text_count(page, "fake.jpg' is not an image file")
     page.click("#generate")  # generating with it says so too, in the page
-    page.wait_for_function(
-        "([text, n]) => document.body.innerText.split(text).length - 1 > n", arg=["fake.jpg' is not an image file", shown_before]
-    )
+    page.wait_for_function("([text, n]) => document.body.innerText.split(text).length - 1 > n", arg=["fake.jpg' is not an image file", shown_before])
 
     # The server kept serving: a real photo generates again.
     upload(page, "reference", photos["mirrored"])
@@ -196,13 +212,13 @@ def test_photo_slider_preview_generate_error_and_recovery(server, browser, photo
 
 def test_two_sessions_generate_at_the_same_time(server, browser, photos):
     pages = [open_page(browser, server) for _ in range(2)]
-    for page, photo in zip(pages, (photos["face"], photos["mirrored"])):
+    for page, photo in zip(pages, (photos["face"], photos["mirrored"]), strict=True):
         upload(page, "reference", photo)
         wait_for_new_image(page, "#hint_preview", None)
         page.get_by_text("Advanced options").click()
         set_slider(page, "num_images", 2)
     results: dict[int, list[str]] = {}
-    for index, page in enumerate(pages):  # click both before either finishes
+    for page in pages:  # click both before either finishes
         page.click("#generate")
     for index, page in enumerate(pages):
         try:

@@ -74,7 +74,7 @@ def test_generate_writes_images_with_their_settings_and_reproduces(backend, phot
     first = backend.generate(people, HeadControls(yaw=20.0), settings)
     again = backend.generate(people, HeadControls(yaw=20.0), settings)
     assert len(first.images) == 2 and first.seed == 321
-    for a, b in zip(first.images, again.images):
+    for a, b in zip(first.images, again.images, strict=True):
         np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     config_file = [path for path in first.files if path.name == "config.yaml"][0]
     saved = yaml.safe_load(config_file.read_text())

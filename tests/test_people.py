@@ -19,8 +19,11 @@ def test_one_person_list_equals_the_single_person_call(tiny_pipeline):
     randomize_capface(tiny_pipeline.capface, mask_bias=0.0)  # mask 0.5 + hint-dependent part: some gates on, some off
     single = run(tiny_pipeline, seed=2, identity=identity_inputs(3), hint=hint(4))
     listed = tiny_pipeline(
-        PROMPT, people=[PersonCondition(hint=hint(4), identity=identity_inputs(3))], num_inference_steps=2,
-        generator=torch.Generator().manual_seed(2), output_type="np",
+        PROMPT,
+        people=[PersonCondition(hint=hint(4), identity=identity_inputs(3))],
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(2),
+        output_type="np",
     ).images
     np.testing.assert_array_equal(listed, single)
 
@@ -31,9 +34,13 @@ def test_two_identical_people_equal_one_person_at_double_strength(tiny_pipeline)
     person = PersonCondition(hint=hint(5), identity=identity_inputs(6))
     common = dict(num_inference_steps=2, output_type="np")
     two = tiny_pipeline(PROMPT, people=[person, person], capface_strength=0.5, generator=torch.Generator().manual_seed(1), **common).images
-    one = tiny_pipeline(PROMPT, hint(5), identity=identity_inputs(6), capface_strength=1.0, generator=torch.Generator().manual_seed(1), **common).images
+    one = tiny_pipeline(
+        PROMPT, hint(5), identity=identity_inputs(6), capface_strength=1.0, generator=torch.Generator().manual_seed(1), **common
+    ).images
     np.testing.assert_array_equal(two, one)
-    other = tiny_pipeline(PROMPT, hint(5), identity=identity_inputs(6), capface_strength=0.5, generator=torch.Generator().manual_seed(1), **common).images
+    other = tiny_pipeline(
+        PROMPT, hint(5), identity=identity_inputs(6), capface_strength=0.5, generator=torch.Generator().manual_seed(1), **common
+    ).images
     assert np.abs(two - other).max() > 1e-3  # the second pass really adds something
 
 
@@ -76,10 +83,10 @@ def test_each_person_is_gated_by_their_own_mask_and_summed(mask_from_hint, open_
     with torch.no_grad():
         down, mid, mask = pipe.capface_residuals(latents, timestep, tokens, hints, 0.75, True)
         expected = [torch.zeros_like(r) for r in raw_residuals(pipe, latents, timestep, tokens[0], hints[0])]
-        for is_open, person_tokens, person in zip((open_a, open_b), tokens, hints):
+        for is_open, person_tokens, person in zip((open_a, open_b), tokens, hints, strict=True):
             if is_open:
-                expected = [e + r * 0.75 for e, r in zip(expected, raw_residuals(pipe, latents, timestep, person_tokens, person))]
-    for got, want in zip([*down, mid], expected):
+                expected = [e + r * 0.75 for e, r in zip(expected, raw_residuals(pipe, latents, timestep, person_tokens, person), strict=True)]
+    for got, want in zip([*down, mid], expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert float(mask.min()) == float(open_a or open_b)  # the union of the two masks
 
@@ -97,8 +104,14 @@ def test_people_and_single_person_arguments_are_exclusive(tiny_pipeline):
 def head_params() -> HeadParams:
     zeros = torch.zeros(1, 3)
     return HeadParams(
-        shape=zeros, expression=zeros, jaw=zeros, rotation=torch.tensor([[10.0, -5.0, 2.0]]),
-        camera=torch.tensor([[0.8, 0.05, 0.1]]), albedo=zeros, lighting=torch.zeros(1, 9, 3), backend="builtin",
+        shape=zeros,
+        expression=zeros,
+        jaw=zeros,
+        rotation=torch.tensor([[10.0, -5.0, 2.0]]),
+        camera=torch.tensor([[0.8, 0.05, 0.1]]),
+        albedo=zeros,
+        lighting=torch.zeros(1, 9, 3),
+        backend="builtin",
     )
 
 

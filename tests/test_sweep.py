@@ -13,7 +13,7 @@ from PIL import Image
 
 from caphuman.cli import main
 from caphuman.errors import CapHumanError
-from caphuman.sweep import yaw_angles, write_gif
+from caphuman.sweep import write_gif, yaw_angles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,8 +34,29 @@ def sweep_dir(tmp_path_factory, photo) -> Path:
     config = yaml.safe_load(Path("configs/tiny.yaml").read_text())
     config["sampling"].update(height=SIZE, width=SIZE, num_inference_steps=2)
     (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
-    code = main(["sweep", "--config", str(folder / "tiny.yaml"), "--ref", str(photo), "--prompt", "a photo of a person",
-                 "--yaw-from", "-30", "--yaw-to", "30", "--frames", "3", "--seed", "7", "--out", str(folder / "out"), "--device", "cpu"])
+    code = main(
+        [
+            "sweep",
+            "--config",
+            str(folder / "tiny.yaml"),
+            "--ref",
+            str(photo),
+            "--prompt",
+            "a photo of a person",
+            "--yaw-from",
+            "-30",
+            "--yaw-to",
+            "30",
+            "--frames",
+            "3",
+            "--seed",
+            "7",
+            "--out",
+            str(folder / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     return folder / "out"
 
@@ -90,7 +111,7 @@ def test_sheet_animation_and_settings(sweep_dir):
         gif.seek(index)
         shown += [np.asarray(gif.convert("RGB"), dtype=float)] * round(gif.info["duration"] / (1000 / 6))
     assert len(shown) == 4  # forwards then back: 0 1 2 1, at the default 6 fps
-    for picture, index in zip(shown, [0, 1, 2, 1]):
+    for picture, index in zip(shown, [0, 1, 2, 1], strict=True):
         assert np.abs(picture - np.asarray(frames[index].convert("RGB"), dtype=float)).mean() < 12  # 256-colour palette of a noise-like image
     settings = yaml.safe_load((sweep_dir / "config.yaml").read_text())
     assert settings["run"]["yaws"] == YAWS and settings["sampling"]["seed"] == 7
@@ -123,8 +144,7 @@ def test_every_frame_shares_the_seed(tiny_pipeline):
             from tests.test_pipeline import identity_inputs
 
             assert num_images == 1
-            return tiny_pipeline(prompt, hint, identity=identity_inputs(), num_inference_steps=2,
-                                 generator=torch.Generator().manual_seed(seed))
+            return tiny_pipeline(prompt, hint, identity=identity_inputs(), num_inference_steps=2, generator=torch.Generator().manual_seed(seed))
 
     from tests.test_people import head_params
 

@@ -25,11 +25,15 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("--ref", action="append", required=True, metavar="PATH", help="reference face photo (repeat for several photos of one person)")
+    inputs.add_argument(
+        "--ref", action="append", required=True, metavar="PATH", help="reference face photo (repeat for several photos of one person)"
+    )
     inputs.add_argument("--prompt", required=True, help="what to generate")
     inputs.add_argument("--a-prompt", default="", help="added prompt, appended as ', <text>'")
     inputs.add_argument("--negative-prompt", default=None, help="what to avoid (default from config)")
-    inputs.add_argument("--pose-ref", metavar="PATH", help="photo whose head conditions (see --modes) are used for every frame; the yaw is then replaced")
+    inputs.add_argument(
+        "--pose-ref", metavar="PATH", help="photo whose head conditions (see --modes) are used for every frame; the yaw is then replaced"
+    )
     inputs.add_argument("--modes", default="position,pose", help="conditions taken from --pose-ref (comma list)")
     inputs.add_argument("--pitch", type=float, help="head pitch in degrees for every frame")
     inputs.add_argument("--roll", type=float, help="head roll in degrees for every frame")
@@ -60,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
     yaws = yaw_angles(args.yaw_from, args.yaw_to, args.frames)
     if not 0 < args.fps <= 60:
         raise CapHumanError(f"--fps must be in (0, 60], got {args.fps:g}.")
-    sampling = {"seed": args.seed, "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale,
-                "capface_strength": args.capface_strength, "negative_prompt": args.negative_prompt}
+    sampling = {
+        "seed": args.seed,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "capface_strength": args.capface_strength,
+        "negative_prompt": args.negative_prompt,
+    }
     config = load_config(args.config, {"sampling": {key: value for key, value in sampling.items() if value is not None}})
     modes = parse_modes(args.modes) if args.pose_ref else ()
     for path in args.ref + ([args.pose_ref] if args.pose_ref else []):
@@ -74,17 +83,29 @@ def run(args: argparse.Namespace) -> int:
             params = transfer(params, session.head(args.pose_ref, face_index=args.face_index), modes)
         params = set_pose(params, None, args.pitch, args.roll)
         frames = render_sweep(
-            session, args.prompt, references, params, yaws, a_prompt=args.a_prompt,
+            session,
+            args.prompt,
+            references,
+            params,
+            yaws,
+            a_prompt=args.a_prompt,
             on_frame=lambda done, total: logger.info("frame %d/%d", done, total),
         )
     written = write_sweep(frames, Path(args.out), fps=args.fps)
-    run_facts = {"run": {
-        "command": " ".join(sys.argv), "prompt": args.prompt, "a_prompt": args.a_prompt,
-        "references": [str(Path(path).resolve()) for path in args.ref],
-        "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None, "modes": list(modes),
-        "yaws": [round(yaw, 3) for yaw in yaws], "pitch": args.pitch, "roll": args.roll,
-        "weights": str(Path(args.weights).resolve()),
-    }}
+    run_facts = {
+        "run": {
+            "command": " ".join(sys.argv),
+            "prompt": args.prompt,
+            "a_prompt": args.a_prompt,
+            "references": [str(Path(path).resolve()) for path in args.ref],
+            "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None,
+            "modes": list(modes),
+            "yaws": [round(yaw, 3) for yaw in yaws],
+            "pitch": args.pitch,
+            "roll": args.roll,
+            "weights": str(Path(args.weights).resolve()),
+        }
+    }
     save_config(config, Path(args.out) / "config.yaml", extra=run_facts)
     logger.info("Wrote %d frames, %s to %s", len(frames), ", ".join(path.name for path in written.values()), args.out)
     return 0

@@ -39,15 +39,18 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], fon
 GPU = "gpu"  # one concurrency group for everything that runs the diffusion model
 
 
-class PhotoUpload(gr.Image):
+def _uploaded_path(payload):
+    return None if payload is None else payload.path
+
+
+def photo_upload(**kwargs) -> gr.Image:
     """An image upload handed to the callbacks untouched, as a path: gradio would otherwise decode
     it first, failing on an unreadable file with a bare 'Error' and dropping the EXIF rotation
-    that our loader applies. Rendered by gradio's own Image widget (``is_template``)."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        return None if payload is None else payload.path
+    that our loader applies. (A gr.Image subclass would do the same, but gradio writes a .pyi
+    stub beside the module of every component class, i.e. into the installed package.)"""
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = _uploaded_path
+    return image
 
 
 def page_error(error: Exception) -> gr.Error:
@@ -81,14 +84,14 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
             with gr.Column(scale=1):
                 with gr.Tab("Person 1"):
                     with gr.Row():
-                        reference = PhotoUpload(label="Reference photo", type="filepath", sources=["upload", "clipboard"], elem_id="reference")
-                        pose = PhotoUpload(label="Pose photo (optional)", type="filepath", sources=["upload", "clipboard"], elem_id="pose")
+                        reference = photo_upload(label="Reference photo", sources=["upload", "clipboard"], elem_id="reference")
+                        pose = photo_upload(label="Pose photo (optional)", sources=["upload", "clipboard"], elem_id="pose")
                     more = gr.File(label="More photos of the same person (optional)", file_count="multiple", file_types=["image"], elem_id="more")
                     modes = gr.CheckboxGroup(MODES, value=["position", "pose"], label="Taken from the pose photo", elem_id="modes")
                 with gr.Tab("Person 2 (optional)"):
                     with gr.Row():
-                        reference2 = PhotoUpload(label="Reference photo 2", type="filepath", sources=["upload", "clipboard"], elem_id="reference2")
-                        pose2 = PhotoUpload(label="Pose photo 2 (optional)", type="filepath", sources=["upload", "clipboard"], elem_id="pose2")
+                        reference2 = photo_upload(label="Reference photo 2", sources=["upload", "clipboard"], elem_id="reference2")
+                        pose2 = photo_upload(label="Pose photo 2 (optional)", sources=["upload", "clipboard"], elem_id="pose2")
                     modes2 = gr.CheckboxGroup(MODES, value=["position", "pose"], label="Taken from pose photo 2", elem_id="modes2")
                     gr.Markdown("Without pose photos that give positions, the people stand side by side, left to right.")
                 with gr.Accordion("Head control (3D)", open=True):
@@ -99,11 +102,17 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
                             pitch = gr.Slider(-60, 60, value=0, step=1, label="Pitch (+ nose down)", elem_id="pitch")
                             roll = gr.Slider(-60, 60, value=0, step=1, label="Roll (+ counter-clockwise)", elem_id="roll")
                         with gr.Column(min_width=240):
-                            look_photo = PhotoUpload(label="Expression / lighting from a photo (optional)", type="filepath",
-                                                     sources=["upload"], height=180, elem_id="look")
+                            look_photo = photo_upload(
+                                label="Expression / lighting from a photo (optional)", sources=["upload"], height=180, elem_id="look"
+                            )
                             look_modes = gr.CheckboxGroup(LOOK_MODES, value=LOOK_MODES, show_label=False, elem_id="look_modes")
-                    hint_preview = gr.Image(label="Head condition (redraws as you move a slider): normals | albedo | shaded", format="png",
-                                            interactive=False, buttons=["download", "fullscreen"], elem_id="hint_preview")
+                    hint_preview = gr.Image(
+                        label="Head condition (redraws as you move a slider): normals | albedo | shaded",
+                        format="png",
+                        interactive=False,
+                        buttons=["download", "fullscreen"],
+                        elem_id="hint_preview",
+                    )
                 prompt = gr.Textbox(label="Prompt", value="a photo of a person", elem_id="prompt")
                 seed = gr.Number(label="Seed (-1: random)", value=12345, precision=0, elem_id="seed")
                 with gr.Row():
@@ -115,12 +124,22 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
                     strength = gr.Slider(0.0, 2.0, value=sampling.capface_strength, step=0.01, label="CapFace strength")
                     body_ready = backend.body_control_available()
                     body_strength = gr.Slider(
-                        0.0, 2.0, value=0.0, step=0.01, interactive=body_ready, elem_id="body_strength",
-                        label="Second ControlNet (OpenPose) strength" if body_ready
+                        0.0,
+                        2.0,
+                        value=0.0,
+                        step=0.01,
+                        interactive=body_ready,
+                        elem_id="body_strength",
+                        label="Second ControlNet (OpenPose) strength"
+                        if body_ready
                         else "Second ControlNet (OpenPose) strength: set model.body_controlnet in the config to use it",
                     )
-                    body_modes = gr.CheckboxGroup(["face", "body", "hand"], value=["face", "body"], interactive=body_ready,
-                                                  label="Drawn in the OpenPose map (body and hands from the pose photo)")
+                    body_modes = gr.CheckboxGroup(
+                        ["face", "body", "hand"],
+                        value=["face", "body"],
+                        interactive=body_ready,
+                        label="Drawn in the OpenPose map (body and hands from the pose photo)",
+                    )
                     tau = gr.Slider(0, 1000, value=sampling.tau, step=1, label="Identity start step (tau; 0 = identity at every step)")
                     steps = gr.Slider(1, 100, value=sampling.num_inference_steps, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Slider(0.0, 30.0, value=sampling.guidance_scale, step=0.1, label="Guidance scale")
@@ -128,8 +147,9 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
                     added_prompt = gr.Textbox(label="Added prompt", value="")
                     negative_prompt = gr.Textbox(label="Negative prompt", value=sampling.negative_prompt)
                     styles = backend.styles()
-                    style = gr.Dropdown(styles, value=styles[0], label="Style (SD 1.5 files under the weights folder)",
-                                        interactive=len(styles) > 1, elem_id="style")
+                    style = gr.Dropdown(
+                        styles, value=styles[0], label="Style (SD 1.5 files under the weights folder)", interactive=len(styles) > 1, elem_id="style"
+                    )
                     with gr.Row():
                         yaw_from = gr.Slider(-90, 90, value=-45, step=1, label="Turn from yaw")
                         yaw_to = gr.Slider(-90, 90, value=45, step=1, label="Turn to yaw")
@@ -137,8 +157,9 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="status")
                 gallery = gr.Gallery(label="Images", columns=2, height="auto", format="png", elem_id="gallery")
-                downloads = gr.File(label="Download: images (PNG, settings inside) and config.yaml", file_count="multiple",
-                                    interactive=False, elem_id="downloads")
+                downloads = gr.File(
+                    label="Download: images (PNG, settings inside) and config.yaml", file_count="multiple", interactive=False, elem_id="downloads"
+                )
                 strip = gr.Image(label="Turn the head: images above their head conditions", format="png", interactive=False, elem_id="strip")
                 with gr.Row():
                     animation = gr.Image(label="Animation (GIF)", format="gif", interactive=False, elem_id="animation")
@@ -146,8 +167,22 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
 
         person_inputs = [reference, more, pose, modes, reference2, pose2, modes2]
         control_inputs = [set_angles, yaw, pitch, roll, look_photo, look_modes]
-        setting_inputs = [prompt, added_prompt, negative_prompt, seed, num_images, image_resolution, strength, body_strength,
-                          body_modes, tau, steps, guidance, eta, style]
+        setting_inputs = [
+            prompt,
+            added_prompt,
+            negative_prompt,
+            seed,
+            num_images,
+            image_resolution,
+            strength,
+            body_strength,
+            body_modes,
+            tau,
+            steps,
+            guidance,
+            eta,
+            style,
+        ]
 
         def people_from(ref, more_files, pose_photo, modes1, ref2, pose_photo2, modes_2) -> list[PersonInput]:
             people = [PersonInput(ref, _files(more_files), pose_photo, list(modes1 or []))]
@@ -160,9 +195,23 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
             return HeadControls(*angles, look_photo=look, look_modes=list(look_names or []))
 
         def settings_from(*values) -> GenerationSettings:
-            names = ["prompt", "added_prompt", "negative_prompt", "seed", "num_images", "resolution", "capface_strength",
-                     "body_control_strength", "body_modes", "tau", "steps", "guidance_scale", "eta", "style"]
-            return GenerationSettings(**dict(zip(names, values)))
+            names = [
+                "prompt",
+                "added_prompt",
+                "negative_prompt",
+                "seed",
+                "num_images",
+                "resolution",
+                "capface_strength",
+                "body_control_strength",
+                "body_modes",
+                "tau",
+                "steps",
+                "guidance_scale",
+                "eta",
+                "style",
+            ]
+            return GenerationSettings(**dict(zip(names, values, strict=True)))
 
         def split(values):
             people = people_from(*values[:7])
@@ -179,7 +228,7 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
             except Exception as error:  # noqa: BLE001 - every failure becomes a message in the page
                 raise page_error(error) from None
 
-        def on_generate(*values, progress=gr.Progress(track_tqdm=True)):
+        def on_generate(*values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio injects progress through this default
             try:
                 people, controls, settings = split(values)
                 result = backend.generate(people, controls, settings, progress=lambda fraction, text: progress(fraction, desc=text))
@@ -189,11 +238,10 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
             message = f"Generated {len(images)} image(s) with seed {result.seed}."
             return images, [str(path) for path in result.files], result.hint_preview, message
 
-        def on_sweep(*values, progress=gr.Progress()):
+        def on_sweep(*values, progress=gr.Progress()):  # noqa: B008 - as above
             try:
                 people, controls, settings = split(values[:-3])
-                result = backend.sweep(people[0], controls, settings, *values[-3:],
-                                       progress=lambda fraction, text: progress(fraction, desc=text))
+                result = backend.sweep(people[0], controls, settings, *values[-3:], progress=lambda fraction, text: progress(fraction, desc=text))
             except Exception as error:  # noqa: BLE001
                 raise page_error(error) from None
             message = f"Turned the head over {len(result.frames)} frames with seed {result.seed}."
@@ -203,16 +251,28 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
         # Previews render the head prior only (tens of ms): they run beside a generation, and a
         # slider drag collapses to its latest value.
         for component in [reference, pose, more, modes, reference2, pose2, modes2, look_photo, look_modes, set_angles]:
-            component.change(on_preview, preview_inputs[:-1], hint_preview, trigger_mode="always_last",
-                             concurrency_limit=4, concurrency_id="preview", show_progress="hidden")
+            component.change(
+                on_preview,
+                preview_inputs[:-1],
+                hint_preview,
+                trigger_mode="always_last",
+                concurrency_limit=4,
+                concurrency_id="preview",
+                show_progress="hidden",
+            )
         for slider in (yaw, pitch, roll):  # moving a slider means "use the sliders"
             slider.input(lambda: True, None, set_angles, queue=False, show_progress="hidden").then(
-                on_preview, preview_inputs[:-1], hint_preview, trigger_mode="always_last",
-                concurrency_limit=4, concurrency_id="preview", show_progress="hidden")
+                on_preview,
+                preview_inputs[:-1],
+                hint_preview,
+                trigger_mode="always_last",
+                concurrency_limit=4,
+                concurrency_id="preview",
+                show_progress="hidden",
+            )
         inputs = person_inputs + control_inputs + setting_inputs
         run_button.click(on_generate, inputs, [gallery, downloads, hint_preview, status], concurrency_id=GPU, concurrency_limit=1)
-        sweep_button.click(on_sweep, inputs + [yaw_from, yaw_to, frames], [strip, animation, video, status],
-                           concurrency_id=GPU, concurrency_limit=1)
+        sweep_button.click(on_sweep, inputs + [yaw_from, yaw_to, frames], [strip, animation, video, status], concurrency_id=GPU, concurrency_limit=1)
     # One diffusion job at a time on the GPU; everyone else waits in the queue (and sees their place).
     app.queue(default_concurrency_limit=1, max_size=64)
     return app
@@ -221,7 +281,15 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
 def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> gr.Blocks:
     app = build_app(backend)
     app.launch(
-        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=False, quiet=True,
-        ssr_mode=False, theme=THEME, allowed_paths=[str(backend.output_dir)], footer_links=[],
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=not block,
+        show_error=False,
+        quiet=True,
+        ssr_mode=False,
+        theme=THEME,
+        allowed_paths=[str(backend.output_dir)],
+        footer_links=[],
     )
     return app

@@ -20,9 +20,10 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,8 +138,7 @@ def combine_hints(hints: list[torch.Tensor]) -> torch.Tensor:
 class DemoBackend:
     """See the module docstring. ``device``: where the pipeline runs ("auto": CUDA if present)."""
 
-    def __init__(self, config_path: str, weights_dir: str | Path = "checkpoints", device: str = "auto",
-                 output_dir: str | Path | None = None):
+    def __init__(self, config_path: str, weights_dir: str | Path = "checkpoints", device: str = "auto", output_dir: str | Path | None = None):
         from caphuman.demo.backend import CapHumanSession
 
         self._session_class = CapHumanSession
@@ -265,9 +265,13 @@ class DemoBackend:
         if not low <= int(settings.resolution) <= high or int(settings.resolution) % 64:
             raise CapHumanError(f"Resolution must be a multiple of 64 between {low} and {high}, got {settings.resolution}.")
         checks = [
-            ("Images", settings.num_images, 1, 12), ("Steps", settings.steps, 1, 100), ("Guidance scale", settings.guidance_scale, 0, 30),
+            ("Images", settings.num_images, 1, 12),
+            ("Steps", settings.steps, 1, 100),
+            ("Guidance scale", settings.guidance_scale, 0, 30),
             ("CapFace strength", settings.capface_strength, 0, 2),
-            ("Second ControlNet strength", settings.body_control_strength, 0, 2), ("Identity start step", settings.tau, 0, 1000), ("eta", settings.eta, 0, 1),
+            ("Second ControlNet strength", settings.body_control_strength, 0, 2),
+            ("Identity start step", settings.tau, 0, 1000),
+            ("eta", settings.eta, 0, 1),
         ]
         for name, value, low, high in checks:
             if value is None or not low <= float(value) <= high:
@@ -277,8 +281,14 @@ class DemoBackend:
             seed = random.randint(0, MAX_SEED)
         elif not 0 <= seed <= MAX_SEED:
             raise CapHumanError(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {seed}.")
-        return dataclasses.replace(settings, seed=seed, num_images=int(settings.num_images), steps=int(settings.steps),
-                                   tau=int(settings.tau), resolution=int(settings.resolution))
+        return dataclasses.replace(
+            settings,
+            seed=seed,
+            num_images=int(settings.num_images),
+            steps=int(settings.steps),
+            tau=int(settings.tau),
+            resolution=int(settings.resolution),
+        )
 
     def _conditions(self, people: list[PersonInput], controls: HeadControls, settings: GenerationSettings, session):
         people = [person for person in people if person.reference]
@@ -291,8 +301,7 @@ class DemoBackend:
         heads = self.people_heads(people, controls)
         hints = self.hints(heads, settings.resolution)
         references = [
-            [face for photo in [person.reference, *person.more_references] for face in self.references(photo, session)]
-            for person in people
+            [face for photo in [person.reference, *person.more_references] for face in self.references(photo, session)] for person in people
         ]
         return people, heads, hints, references
 
@@ -313,7 +322,7 @@ class DemoBackend:
         layers = parse_body_modes(list(settings.body_modes or []) or ["face", "body"])
         maps = []
         with self.faces_lock:
-            for person, head in zip(people, heads):
+            for person, head in zip(people, heads, strict=True):
                 points = None
                 if "face" in layers:
                     try:
@@ -326,16 +335,25 @@ class DemoBackend:
 
     def _sampling_overrides(self, settings: GenerationSettings) -> dict:
         return {
-            "seed": settings.seed, "num_images": settings.num_images, "num_inference_steps": settings.steps,
-            "guidance_scale": float(settings.guidance_scale), "capface_strength": float(settings.capface_strength),
-            "tau": settings.tau, "eta": float(settings.eta), "negative_prompt": settings.negative_prompt or "",
+            "seed": settings.seed,
+            "num_images": settings.num_images,
+            "num_inference_steps": settings.steps,
+            "guidance_scale": float(settings.guidance_scale),
+            "capface_strength": float(settings.capface_strength),
+            "tau": settings.tau,
+            "eta": float(settings.eta),
+            "negative_prompt": settings.negative_prompt or "",
         }
 
     @staticmethod
     def _saved_sampling(settings: GenerationSettings) -> dict:
         """What config.yaml records beyond the per-call overrides."""
-        return {"height": settings.resolution, "width": settings.resolution,
-                "body_control_strength": float(settings.body_control_strength), "body_modes": ",".join(settings.body_modes or ["face", "body"])}
+        return {
+            "height": settings.resolution,
+            "width": settings.resolution,
+            "body_control_strength": float(settings.body_control_strength),
+            "body_modes": ",".join(settings.body_modes or ["face", "body"]),
+        }
 
     def _run(self, session, prompt: str, references: list, hints: list[torch.Tensor], settings: GenerationSettings, **overrides):
         """One generation with the GPU lock held; several people go through ``people=``."""
@@ -346,7 +364,7 @@ class DemoBackend:
             try:
                 if len(hints) == 1:
                     return session.generate(prompt, references[0], hints[0], a_prompt=settings.added_prompt, **kwargs)
-                people = [PersonCondition(hint=hint, references=refs) for hint, refs in zip(hints, references)]
+                people = [PersonCondition(hint=hint, references=refs) for hint, refs in zip(hints, references, strict=True)]
                 return session.generate(prompt, None, None, a_prompt=settings.added_prompt, people=people, **kwargs)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
@@ -358,18 +376,32 @@ class DemoBackend:
         return folder
 
     def _settings_facts(self, people: list[PersonInput], controls: HeadControls, settings: GenerationSettings, heads) -> dict:
-        return {"run": {
-            "demo": True, "prompt": settings.prompt, "added_prompt": settings.added_prompt, "style": settings.style,
-            "resolution": settings.resolution,
-            "people": [{"reference": Path(p.reference).name, "more_references": [Path(m).name for m in p.more_references],
-                        "pose": Path(p.pose).name if p.pose else None, "modes": list(p.modes or [])} for p in people],
-            "yaw": controls.yaw, "pitch": controls.pitch, "roll": controls.roll,
-            "look_photo": Path(controls.look_photo).name if controls.look_photo else None, "look_modes": list(controls.look_modes),
-            "head_rotation_degrees": [[round(float(v), 3) for v in head.rotation[0].tolist()] for head in heads],
-        }}
+        return {
+            "run": {
+                "demo": True,
+                "prompt": settings.prompt,
+                "added_prompt": settings.added_prompt,
+                "style": settings.style,
+                "resolution": settings.resolution,
+                "people": [
+                    {
+                        "reference": Path(p.reference).name,
+                        "more_references": [Path(m).name for m in p.more_references],
+                        "pose": Path(p.pose).name if p.pose else None,
+                        "modes": list(p.modes or []),
+                    }
+                    for p in people
+                ],
+                "yaw": controls.yaw,
+                "pitch": controls.pitch,
+                "roll": controls.roll,
+                "look_photo": Path(controls.look_photo).name if controls.look_photo else None,
+                "look_modes": list(controls.look_modes),
+                "head_rotation_degrees": [[round(float(v), 3) for v in head.rotation[0].tolist()] for head in heads],
+            }
+        }
 
-    def generate(self, people: list[PersonInput], controls: HeadControls, settings: GenerationSettings,
-                 progress: Progress | None = None) -> Result:
+    def generate(self, people: list[PersonInput], controls: HeadControls, settings: GenerationSettings, progress: Progress | None = None) -> Result:
         """Images for the page: PNGs (each carrying its settings as a 'caphuman_config' text
         chunk) and one config.yaml, in a fresh folder under ``output_dir``."""
         from caphuman.head.hint import hint_preview
@@ -386,8 +418,10 @@ class DemoBackend:
         output = self._run(session, settings.prompt, references, hints, settings, **body)
 
         folder = self._request_dir("images")
-        config = dataclasses.replace(session.config, sampling=dataclasses.replace(
-            session.config.sampling, **self._saved_sampling(settings), **self._sampling_overrides(settings)))
+        config = dataclasses.replace(
+            session.config,
+            sampling=dataclasses.replace(session.config.sampling, **self._saved_sampling(settings), **self._sampling_overrides(settings)),
+        )
         facts = self._settings_facts(people, controls, settings, heads)
         save_config(config, folder / "config.yaml", extra=facts)
         text = PngImagePlugin.PngInfo()
@@ -401,8 +435,16 @@ class DemoBackend:
         preview.save(folder / "hint.png")
         return Result(images=images, files=[*images, folder / "config.yaml"], seed=settings.seed, hint_preview=preview)
 
-    def sweep(self, person: PersonInput, controls: HeadControls, settings: GenerationSettings, yaw_from: float, yaw_to: float,
-              frames: int, progress: Progress | None = None) -> SweepResult:
+    def sweep(
+        self,
+        person: PersonInput,
+        controls: HeadControls,
+        settings: GenerationSettings,
+        yaw_from: float,
+        yaw_to: float,
+        frames: int,
+        progress: Progress | None = None,
+    ) -> SweepResult:
         """'Turn the head': the same as `caphuman sweep` for the page's person and settings."""
         from caphuman.sweep import render_sweep, write_sweep, yaw_angles
 
@@ -414,9 +456,16 @@ class DemoBackend:
         with self.gpu_lock:
             try:
                 result = render_sweep(
-                    session, settings.prompt, references[0], heads[0], yaws, settings.resolution, settings.resolution,
+                    session,
+                    settings.prompt,
+                    references[0],
+                    heads[0],
+                    yaws,
+                    settings.resolution,
+                    settings.resolution,
                     on_frame=(lambda done, total: progress(done / total, f"Frame {done}/{total}")) if progress else None,
-                    a_prompt=settings.added_prompt, **overrides,
+                    a_prompt=settings.added_prompt,
+                    **overrides,
                 )
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
@@ -425,8 +474,14 @@ class DemoBackend:
         written = write_sweep(result, folder)
         facts = self._settings_facts(people, controls, settings, heads)
         facts["run"]["yaws"] = yaws
-        save_config(dataclasses.replace(session.config, sampling=dataclasses.replace(
-            session.config.sampling, height=settings.resolution, width=settings.resolution, **overrides)), folder / "config.yaml", extra=facts)
-        return SweepResult(strip=written["sheet"], gif=written["gif"], mp4=written.get("mp4"),
-                           frames=sorted(folder.glob("frame_*.png")), seed=settings.seed)
-
+        save_config(
+            dataclasses.replace(
+                session.config,
+                sampling=dataclasses.replace(session.config.sampling, height=settings.resolution, width=settings.resolution, **overrides),
+            ),
+            folder / "config.yaml",
+            extra=facts,
+        )
+        return SweepResult(
+            strip=written["sheet"], gif=written["gif"], mp4=written.get("mp4"), frames=sorted(folder.glob("frame_*.png")), seed=settings.seed
+        )

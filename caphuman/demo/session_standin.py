@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from caphuman.config import CapHumanConfig
 from caphuman.errors import CapHumanError
 from caphuman.head.params import HeadParams
 
-Photo = Union[str, os.PathLike, np.ndarray]
+Photo = str | os.PathLike | np.ndarray
 
 
 class CapHumanSession:
@@ -103,19 +103,41 @@ class CapHumanSession:
         top, left = (side - height) // 2, (side - width) // 2
         return hint[..., top : top + height, left : left + width]
 
-    def generate(self, prompt: str, references, hint, a_prompt: str = "", generator=None, people=None, body_map=None, body_control_strength: float = 0.0, **overrides: Any):
+    def generate(
+        self,
+        prompt: str,
+        references,
+        hint,
+        a_prompt: str = "",
+        generator=None,
+        people=None,
+        body_map=None,
+        body_control_strength: float = 0.0,
+        **overrides: Any,
+    ):
         sampling = dataclasses.replace(self.config.sampling, **{k: v for k, v in overrides.items() if v is not None})
         pipe = self.pipeline
         if generator is None:
             generator = torch.Generator(device=pipe.device).manual_seed(sampling.seed)
         text = f"{prompt}, {a_prompt}" if a_prompt else prompt
         return pipe(
-            text, hint, references=references, people=people, negative_prompt=sampling.negative_prompt,
-            num_images_per_prompt=sampling.num_images, num_inference_steps=sampling.num_inference_steps,
-            guidance_scale=sampling.guidance_scale, identity_guidance_scale=sampling.identity_guidance_scale,
-            capface_strength=sampling.capface_strength, mask_gating=sampling.mask_gating, tau=sampling.tau, eta=sampling.eta,
-            reference_fusion=self.config.model.reference_fusion, generator=generator,
-            body_map=body_map, body_control_strength=body_control_strength,
+            text,
+            hint,
+            references=references,
+            people=people,
+            negative_prompt=sampling.negative_prompt,
+            num_images_per_prompt=sampling.num_images,
+            num_inference_steps=sampling.num_inference_steps,
+            guidance_scale=sampling.guidance_scale,
+            identity_guidance_scale=sampling.identity_guidance_scale,
+            capface_strength=sampling.capface_strength,
+            mask_gating=sampling.mask_gating,
+            tau=sampling.tau,
+            eta=sampling.eta,
+            reference_fusion=self.config.model.reference_fusion,
+            generator=generator,
+            body_map=body_map,
+            body_control_strength=body_control_strength,
         )
 
     def close(self) -> None:
@@ -124,7 +146,7 @@ class CapHumanSession:
             self._detector = None
             self._head_prior = None
 
-    def __enter__(self) -> "CapHumanSession":
+    def __enter__(self) -> CapHumanSession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
