@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caphuman.demo.backend import CapHumanSession
     from caphuman.head.params import parse_modes, set_pose, transfer
+    from caphuman.session import CapHumanSession
     from caphuman.sweep import render_sweep, write_sweep, yaw_angles
 
     # Check every number and file before loading any model.

@@ -139,7 +139,7 @@ class DemoBackend:
     """See the module docstring. ``device``: where the pipeline runs ("auto": CUDA if present)."""
 
     def __init__(self, config_path: str, weights_dir: str | Path = "checkpoints", device: str = "auto", output_dir: str | Path | None = None):
-        from caphuman.demo.backend import CapHumanSession
+        from caphuman.session import CapHumanSession
 
         self._session_class = CapHumanSession
         self.config_path = config_path
@@ -329,7 +329,7 @@ class DemoBackend:
                         points = face_points(self.faces.head_prior, head)
                     except NotImplementedError as error:  # a head prior without landmarks: body and hands only
                         logger.warning("%s The body map has no face dots.", error)
-                photo = self._session_class.load_photo(person.pose or person.reference)
+                photo = self.faces.head_input(person.pose or person.reference)  # the frame the hint is drawn in
                 maps.append(pose_map_for(photo, settings.resolution, settings.resolution, layers, face_points=points))
         return np.maximum.reduce(maps)
 
