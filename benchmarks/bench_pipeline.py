@@ -1,18 +1,25 @@
-"""Time CapHuman's sampler against diffusers' StableDiffusionControlNetPipeline, side by side.
+"""Images per second of CapHuman's sampler and diffusers' StableDiffusionControlNetPipeline, side by side.
 
 Both run the SD 1.5-sized architecture with random weights (nothing is downloaded): the same
-UNet, VAE and text encoder, and a ControlNet of CapFace's size. Prints seconds per denoising
-step (from step-end callbacks), seconds per whole call (CapHuman's includes its one-off identity
-encoding: CLIP ViT-L/14 vision + projections), peak memory, and the per-step ratio ours / diffusers.
+UNet, VAE and text encoder, and a ControlNet of CapFace's size fed the same 9-channel hint. Each
+pipeline makes ``batch`` images per call (one prompt, ``num_images_per_prompt=batch``, one
+generator per image), VAE decode included. Printed per batch size: seconds per call, images/s,
+peak memory, and the ratio of images/s ours / diffusers. Speed options (``--compile``,
+``--channels-last``) go to both pipelines alike (UNet + CapFace / UNet + ControlNet). With
+``--compile`` the same process first measures without compiling, then compiles and measures
+again; the warm-up call per batch size, which compiles, is not timed.
 
-    python benchmarks/bench_pipeline.py --steps 3 --size 512            # CPU
-    python benchmarks/bench_pipeline.py --device cuda --dtype float16   # GPU
+    python benchmarks/bench_pipeline.py --device cuda --dtype float16                  # 512 px, 20 steps, batch 1 and 8
+    python benchmarks/bench_pipeline.py --device cuda --dtype float16 --compile
+    python benchmarks/bench_pipeline.py --steps 3 --size 256 --batch-sizes 1 2          # CPU, a few minutes
+    python benchmarks/bench_pipeline.py --tiny --steps 2 --size 64                      # checks the script itself
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import threading
 import time
@@ -22,9 +29,11 @@ import psutil
 import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
+from caphuman.acceleration import apply_speed_options
 from caphuman.conditions.identity import IdentityInputs
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.backbone import random_sd15_backbone
+from caphuman.models.tiny import tiny_backbone
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
 
@@ -58,51 +67,26 @@ class PeakMemory:
             self._thread.join()
 
 
-class StepTimer:
-    """Wall-clock stamps at the end of every denoising step (via the pipelines' callbacks)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.stamps = device, []
-
-    def stamp(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.stamps.append(time.perf_counter())
-
-
-def time_call(call, timer: StepTimer, repeats: int) -> tuple[float, float]:
-    """(median seconds per denoising step, median seconds per whole call) after one warm-up.
-
-    Seconds per step come from the gaps between step-end stamps, so one-off work (prompt and
-    identity encoding, VAE) is not in them; the whole-call time includes it.
-    """
+def seconds_per_call(call, device: torch.device, repeats: int) -> float:
+    """Median wall-clock seconds of ``call()`` after one untimed warm-up (which compiles, if asked)."""
     call()
-    per_step, per_call = [], []
+    times = []
     for _ in range(repeats):
-        timer.stamps = []
-        timer.stamp()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
         call()
-        stamps = timer.stamps
-        per_call.append(stamps[-1] - stamps[0])
-        gaps = [later - earlier for earlier, later in zip(stamps[1:-1], stamps[2:-1])] or [stamps[-1] - stamps[0]]
-        per_step.extend(gaps)
-    return sorted(per_step)[len(per_step) // 2], sorted(per_call)[len(per_call) // 2]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per call (>= 3 so step gaps exist)")
-    parser.add_argument("--size", type=int, default=512, help="image size in pixels")
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per pipeline (median reported)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--guidance-scale", type=float, default=7.0)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-
-    backbone = random_sd15_backbone(seed=0)
-    adapter = CapHumanAdapter.from_unet(backbone.unet, 512, backbone.image_encoder.config.hidden_size, seed=0)
+def build_pipelines(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[CapHumanPipeline, StableDiffusionControlNetPipeline, int]:
+    """(ours, diffusers', face-embedding width) on one shared random backbone."""
+    backbone = tiny_backbone() if tiny else random_sd15_backbone(seed=0)
+    face_dim = 32 if tiny else 512
+    adapter = CapHumanAdapter.from_unet(backbone.unet, face_dim, backbone.image_encoder.config.hidden_size, seed=0)
     controlnet = ControlNetModel.from_unet(backbone.unet, conditioning_channels=9)
     shared = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet)
     ours = CapHumanPipeline(
@@ -115,42 +99,72 @@ def main() -> None:
     ).to(device, dtype)
     for pipe in (ours, theirs):
         pipe.set_progress_bar_config(disable=True)
+    return ours, theirs, face_dim
 
-    hint = torch.rand(1, 9, args.size, args.size)
-    identity = IdentityInputs(torch.randn(1, 1, 512), torch.randn(1, 1, 3, 224, 224))
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per call (published: 20)")
+    parser.add_argument("--size", type=int, default=512, help="image size in pixels")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per pipeline and batch size (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--guidance-scale", type=float, default=7.0)
+    parser.add_argument("--compile", action="store_true", help="after the eager figures, torch.compile UNet + CapFace / UNet + ControlNet and measure again")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory for the convolutional networks")
+    parser.add_argument("--tiny", action="store_true", help="tiny components instead of SD 1.5 size (to check the script quickly)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.steps < 1 or args.size <= 0 or args.size % 8 or args.repeats < 1 or min(args.batch_sizes) < 1:
+        parser.error("--steps, --repeats and --batch-sizes must be >= 1 and --size a positive multiple of 8.")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    ours, theirs, face_dim = build_pipelines(args.tiny, device, dtype)
+    for pipe in (ours, theirs):
+        apply_speed_options(pipe, channels_last=args.channels_last)
+    hint = torch.rand(1, 9, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    clip_size = ours.image_encoder.config.image_size
+    identity = IdentityInputs(torch.randn(1, 1, face_dim), torch.randn(1, 1, 3, clip_size, clip_size))
     prompt = "a photo of a person"
 
-    timer = StepTimer(device)
+    def generators(batch: int) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(seed) for seed in range(batch)]
 
-    def run_ours():
-        ours(prompt, hint, identity=identity, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-             generator=torch.Generator().manual_seed(0), output_type="latent", callback=lambda *_: timer.stamp())
-        timer.stamp()
+    def run_ours(batch: int):
+        ours(prompt, hint, identity=identity, num_images_per_prompt=batch, num_inference_steps=args.steps,
+             guidance_scale=args.guidance_scale, generator=generators(batch), output_type="np")
 
-    def run_theirs():
-        def on_step_end(pipe, step, timestep, tensors):
-            timer.stamp()
-            return tensors
+    def run_theirs(batch: int):
+        theirs(prompt, image=hint, height=args.size, width=args.size, num_images_per_prompt=batch, num_inference_steps=args.steps,
+               guidance_scale=args.guidance_scale, generator=generators(batch), output_type="np")
 
-        theirs(prompt, image=hint, height=args.size, width=args.size, num_inference_steps=args.steps,
-               guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(0), output_type="latent",
-               callback_on_step_end=on_step_end)
-        timer.stamp()
-
-    results = {}
-    with torch.inference_mode():
-        for name, call in (("diffusers ControlNet", run_theirs), ("caphuman", run_ours)):
-            gc.collect()
-            with PeakMemory(device) as memory:
-                per_step, per_call = time_call(call, timer, args.repeats)
-            results[name] = (per_step, per_call, memory.peak_mb)
-
-    print(f"device={device} dtype={args.dtype} size={args.size} steps={args.steps} guidance={args.guidance_scale} threads={torch.get_num_threads()}")
-    print(f"{'pipeline':<22}{'s/step':>10}{'s/call':>10}{'peak MB':>12}")
-    for name, (per_step, per_call, memory) in results.items():
-        print(f"{name:<22}{per_step:>10.3f}{per_call:>10.3f}{memory:>12.0f}")
-    ratio = results["caphuman"][0] / results["diffusers ControlNet"][0]
-    print(f"ratio caphuman/diffusers (s/step): {ratio:.3f}")
+    header = (f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) dtype={args.dtype} "
+              f"size={args.size} steps={args.steps} guidance={args.guidance_scale} channels_last={args.channels_last} "
+              f"tiny={args.tiny} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(header, flush=True)
+    print(f"{'pipeline':<22}{'compiled':>9}{'batch':>6}{'s/call':>10}{'images/s':>10}{'peak MB':>10}", flush=True)
+    results = []
+    for compiled in (False, True) if args.compile else (False,):
+        if compiled:
+            for pipe in (ours, theirs):
+                apply_speed_options(pipe, compile=True)
+        with torch.inference_mode():
+            for batch in args.batch_sizes:
+                row = {}
+                for name, call in (("diffusers ControlNet", run_theirs), ("caphuman", run_ours)):
+                    gc.collect()
+                    with PeakMemory(device) as memory:
+                        seconds = seconds_per_call(lambda: call(batch), device, args.repeats)
+                    row[name] = {"seconds_per_call": seconds, "images_per_s": batch / seconds, "peak_mb": memory.peak_mb}
+                    print(f"{name:<22}{str(compiled):>9}{batch:>6}{seconds:>10.3f}{batch / seconds:>10.2f}{memory.peak_mb:>10.0f}", flush=True)
+                ratio = row["caphuman"]["images_per_s"] / row["diffusers ControlNet"]["images_per_s"]
+                print(f"{'ratio ours/diffusers':<22}{str(compiled):>9}{batch:>6}{'':>10}{ratio:>10.3f}", flush=True)
+                results.append({"compiled": compiled, "batch": batch, "ratio_images_per_s": ratio, **row})
+                if args.json:  # after every row, so a run cut short keeps what it measured
+                    with open(args.json, "w", encoding="utf-8") as stream:
+                        json.dump({"settings": header, "results": results}, stream, indent=2)
     if device.type == "cpu":
         print("note: CPU peak memory is the resident set while that pipeline ran; both share the backbone's weights.")
 

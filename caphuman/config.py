@@ -145,6 +145,10 @@ class SamplingConfig:
     # its map (face dots, body, hands), as the official --controlnet_strength / --controlnet_mode.
     body_control_strength: float = 0.0
     body_modes: str = "face,body"
+    # Speed (see caphuman/acceleration.py): torch.compile the UNet and CapFace (the first call per
+    # image size and batch compiles, minutes on SD 1.5); channels_last memory for the convolutions.
+    compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         from caphuman.schedulers import SCHEDULERS

@@ -14,6 +14,7 @@ from typing import Iterable
 import torch
 from diffusers.models.modeling_utils import ModelMixin
 
+from caphuman.acceleration import apply_speed_options
 from caphuman.config import CapHumanConfig
 from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.faces.recognizer import FaceRecognizer
@@ -168,6 +169,7 @@ def build_pipeline(
         pipe = pipe.to(dtype=dtype)
     if config.sampling.attention == "xformers":
         enable_xformers([pipe.unet, pipe.capface, pipe.vae] + ([pipe.body_controlnet] if pipe.body_controlnet is not None else []), torch_device)
+    apply_speed_options(pipe, compile=config.sampling.compile, channels_last=config.sampling.channels_last)
     return pipe
 
 

@@ -307,7 +307,28 @@ class CapHumanPipeline(DiffusionPipeline):
                 mid_sum, mask_union = mid_sum + mid, torch.maximum(mask_union, mask)
         return down_sum, mid_sum, mask_union
 
-    # 4. the loop ----------------------------------------------------------------------------
+    # 4. decode -------------------------------------------------------------------------------
+    def decode_latents(self, latents: torch.Tensor, generator=None) -> torch.Tensor:
+        """(N, 4, h, w) latents -> (N, 3, H, W) images in [-1, 1].
+
+        A float16 VAE can overflow in its up-blocks and return inf/NaN (the SDXL VAE does so
+        routinely, SD 1.5's rarely). Decoding stays in float16, the fast path; only when the
+        result is not finite are the latents decoded again with the VAE upcast to float32 for
+        that call (diffusers' ``force_upcast`` does so always; this pays only when needed, for
+        one check after the loop).
+        """
+        scaled = latents / self.vae.config.scaling_factor
+        decoded = self.vae.decode(scaled.to(self.vae.dtype), return_dict=False, generator=generator)[0]
+        if self.vae.dtype == torch.float16 and not torch.isfinite(decoded).all():
+            logger.info("float16 VAE decode overflowed; decoding again in float32.")
+            self.vae.to(torch.float32)
+            try:
+                decoded = self.vae.decode(scaled.float(), return_dict=False, generator=generator)[0]
+            finally:
+                self.vae.to(torch.float16)
+        return decoded
+
+    # 5. the loop ----------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
@@ -417,10 +438,12 @@ class CapHumanPipeline(DiffusionPipeline):
 
         face_mask = None
         zero_tokens = zeros_like_tokens(id_tokens)
+        # tau: the published model drops identity tokens at early (noisy) steps. Decided here on
+        # the host, once: `int(timestep) > tau` inside the loop would wait for the GPU every step.
+        drop_identity = [tau > 0 and value > tau for value in timesteps.cpu().tolist()]
         with self.progress_bar(total=len(timesteps)) as progress:
             for index, timestep in enumerate(timesteps):
-                # tau: the published model drops identity tokens at early (noisy) steps.
-                step_tokens = zero_tokens if tau > 0 and int(timestep) > tau else id_tokens
+                step_tokens = zero_tokens if drop_identity[index] else id_tokens
                 noise, face_mask = self.predict_noise(
                     latents, timestep, text_embeds, negative_embeds, step_tokens, hint,
                     guidance_scale, identity_guidance_scale, capface_strength, mask_gating,
@@ -434,7 +457,7 @@ class CapHumanPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            decoded = self.decode_latents(latents, generator)
             images = self.vae_image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
         self.maybe_free_model_hooks()
         return CapHumanPipelineOutput(images=images, face_masks=face_mask)
