@@ -331,7 +331,7 @@ class CapHumanSession:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[str],
         references: list[ReferenceFace],
         hint: torch.Tensor,
         a_prompt: str = "",
@@ -343,9 +343,9 @@ class CapHumanSession:
         """Images of the reference person for ``prompt`` with the head in ``hint``.
 
         Args:
-            prompt: the text prompt.
+            prompt: the text prompt, or a list (batch B, each with ``num_images`` images).
             references: from :meth:`reference_faces` (several photos of one person allowed).
-            hint: (1, 9, H, W) from :meth:`hint`; sets the image size.
+            hint: (1, 9, H, W) from :meth:`hint`, or (B, 9, H, W) one per prompt; sets the image size.
             a_prompt: appended as ", <a_prompt>" when not empty (the official ``--a_prompt``).
             generator: explicit generator(s); default: one seeded with ``sampling.seed`` on the
                 pipeline's device (the official script draws its noise on the GPU after seeding).
@@ -366,7 +366,7 @@ class CapHumanSession:
         if generator is None:
             generator = torch.Generator(device=pipe.device).manual_seed(sampling.seed)
         return pipe(
-            join_prompt(prompt, a_prompt),
+            join_prompt(prompt, a_prompt) if isinstance(prompt, str) else [join_prompt(text, a_prompt) for text in prompt],
             hint,
             references=references,
             negative_prompt=sampling.negative_prompt,

@@ -6,11 +6,19 @@ head-pose error, face detection rate, diversity across seeds) and writes --out/r
 per_image.csv, summary.csv, per_condition.csv, table.md, two plots and a sample grid per identity.
 A rerun skips finished images and reuses their cached scores.
 
+Many GPUs: under torchrun every rank generates and scores its own share (``--batch-size`` images
+per pipeline call), then rank 0 writes the one report. As separate jobs (a SLURM array, say),
+give each ``--part i/N`` and, when all are done, run the same command once with ``--merge``.
+A part that died is made up by running it again: finished images are skipped.
+
 Examples:
   caphuman eval --benchmark configs/benchmarks/smoke.yaml --config configs/tiny.yaml \\
       --identities photos/ --out runs/smoke --method caphuman --method text-only
   caphuman eval --benchmark configs/benchmarks/humaniphc.yaml --config configs/caphuman_sd15.yaml \\
       --weights checkpoints --identities humaniphc_faces/ --out runs/humaniphc --method all --device cuda
+  torchrun --nproc-per-node 8 -m caphuman.cli eval --benchmark configs/benchmarks/humaniphc.yaml \
+      --config configs/caphuman_sd15.yaml --identities humaniphc_faces/ --out runs/humaniphc --method all --batch-size 8
+  caphuman eval ... --part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT   (each job), then: caphuman eval ... --merge
 """
 
 from __future__ import annotations
@@ -41,9 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-identities", type=int, help="use only the first N identities")
     parser.add_argument("--id-model", default="auto", choices=["auto", "facenet", "arcface", "dlib"], help="evaluation face recogniser (auto: FaceNet, ArcFace, then dlib)")
     parser.add_argument("--clip-model", help="CLIP model folder for CLIP-T (default: <weights>/<model.clip_vision>)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (several prompts, conditions and seeds of one identity; default 1)")
+    parser.add_argument(
+        "--part", metavar="I/N",
+        help="generate and score only part I of N (0-based) of the work, for job arrays; then run once with --merge. Not with torchrun, whose ranks split the work already",
+    )
     stages = parser.add_mutually_exclusive_group()
     stages.add_argument("--generate-only", action="store_true", help="generate, do not score")
     stages.add_argument("--score-only", action="store_true", help="score and report the images already in --out")
+    stages.add_argument("--merge", action="store_true", help="after all --part jobs: score what is left and write the one report (warns about missing images)")
 
 
 def resolve_methods(names: list[str] | None):
@@ -66,11 +80,18 @@ def run(args: argparse.Namespace) -> int:
     from caphuman.eval.identity import resolve_identity_model
     from caphuman.eval.methods import MethodContext
     from caphuman.eval.report import ReportNotes, write_report
-    from caphuman.eval.runner import generate, update_manifest, write_json_atomically
+    from caphuman.errors import CapHumanError
+    from caphuman.eval.runner import generate, missing_images, owned_units, update_manifest, write_json_atomically
     from caphuman.eval.scoring import Scorer, score_run
     from caphuman.loading import resolve_device
+    from caphuman.parallel import Part, device_for_part, resolve_part, wait_for_all_ranks
 
     started = time.perf_counter()
+    if args.batch_size < 1:
+        raise CapHumanError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    part = resolve_part(args.part)
+    if args.merge and not part.whole:
+        raise CapHumanError("--merge puts the parts together: run it once, alone, after every --part job has finished.")
     spec = load_benchmark(args.benchmark)
     overrides = {
         "model": {"head_prior": args.head_prior} if args.head_prior else {},
@@ -80,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     limit = args.max_identities if args.max_identities is not None else spec.max_identities
     identities = find_identities(args.identities, spec.default_subject, limit)
     methods = resolve_methods(args.method)
-    device = resolve_device(args.device)
+    device = device_for_part(resolve_device(args.device), part)
     run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info(
@@ -93,30 +114,46 @@ def run(args: argparse.Namespace) -> int:
 
     context = MethodContext(config, args.weights, device)
     summary: dict = {"benchmark": spec.name, "methods": [m.name for m in methods], "identities": [i.identity_id for i in identities]}
+    if not part.whole:
+        summary["part"] = str(part)
+    # The process that writes the one report: the whole run, the merge, or torchrun's rank 0.
+    reports = part.whole or (part.torchrun and part.index == 0)
     try:
         # Read every reference first, so a photo without a face fails before any generation.
         references = {identity.identity_id: context.identity(identity).image for identity in identities}
-        update_manifest(run_dir, spec, args.benchmark, identities, context, methods)
-        if not args.score_only:
-            summary["generation"] = [asdict(s) for s in generate(spec, identities, methods, run_dir, context)]
+        update_manifest(run_dir, spec, args.benchmark, identities, context, methods, write=part.index == 0)
+        if not (args.score_only or args.merge):
+            summary["generation"] = [
+                asdict(s) for s in generate(spec, identities, methods, run_dir, context, args.batch_size, part, progress=part.index == 0)
+            ]
         if not args.generate_only:
             identity_model = resolve_identity_model(args.id_model, args.weights, device)
             clip_dir = Path(args.clip_model) if args.clip_model else Path(args.weights) / config.model.clip_vision
             clip = ClipScorer.from_dir(clip_dir, device)
             logger.info("Identity metric: %s. %s", identity_model.label, clip.note)
             scorer = Scorer(context, identity_model, clip, spec)
-            rows, scored_now = score_run(spec, identities, methods, run_dir, scorer)
-            summary["scored_now"] = scored_now
-            notes = ReportNotes(
-                benchmark=spec.name, identities=len(identities), identity_model=identity_model.label, clip=clip.note,
-                head_prior=config.model.head_prior, model_config=str(args.config),
-            )
-            files = write_report(run_dir, rows, [m.name for m in methods], spec, identities, references, notes)
-            summary["report"] = {name: str(path) for name, path in files.items()}
+            if not part.whole:
+                owned = owned_units(spec, identities, methods, args.batch_size, part)
+                _, summary["scored_now"] = score_run(spec, identities, methods, run_dir, scorer, part, owned)
+                wait_for_all_ranks(part)  # torchrun: the one wait, at the end, before rank 0 merges
+            if reports:
+                rows, scored_now = score_run(spec, identities, methods, run_dir, scorer)
+                summary["scored_now"] = scored_now
+                missing = missing_images(spec, identities, methods, run_dir)
+                if missing:
+                    logger.warning("%d image(s) of the benchmark are not in %s yet: run the unfinished part(s) again, then --merge.", missing, run_dir)
+                notes = ReportNotes(
+                    benchmark=spec.name, identities=len(identities), identity_model=identity_model.label, clip=clip.note,
+                    head_prior=config.model.head_prior, model_config=str(args.config),
+                )
+                files = write_report(run_dir, rows, [m.name for m in methods], spec, identities, references, notes)
+                summary["report"] = {name: str(path) for name, path in files.items()}
+            elif not part.torchrun:
+                logger.info("%s done; when every part is, run the same command once with --merge for the report.", part)
     finally:
         context.close()
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["command"] = " ".join(sys.argv)
-    write_json_atomically(summary, run_dir / "last_run.json")
+    write_json_atomically(summary, run_dir / ("last_run.json" if reports else f"last_run.{part.tag}.json"))
     logger.info("Done in %.1f s; see %s", summary["seconds"], run_dir / "report" / "table.md")
     return 0

@@ -15,6 +15,11 @@ Add a method by decorating a function with :func:`register_method`, or pass
 ``--method package.module:function`` to the eval command; the function receives a
 :class:`GenerationRequest` and the shared :class:`MethodContext` (which builds the pipeline, head
 prior and reference crops on demand) and returns one PIL image per seed, in seed order.
+
+Batches (``caphuman eval --batch-size``): a method registered with :func:`register_batch_method`
+receives several requests of one identity at once (other prompts, conditions and seeds) and
+makes all their images in one pipeline call; the built-in methods are such. Other methods are
+called once per request.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class PreparedIdentity:
 
 
 MethodFn = Callable[[GenerationRequest, "MethodContext"], list[Image.Image]]
+# Several requests of ONE identity -> per request, one image per seed.
+BatchMethodFn = Callable[[list[GenerationRequest], "MethodContext"], list[list[Image.Image]]]
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,13 @@ class MethodSpec:
     name: str
     generate: MethodFn
     description: str
+    generate_batch: BatchMethodFn | None = None
+
+    def generate_requests(self, requests: list[GenerationRequest], context: "MethodContext") -> list[list[Image.Image]]:
+        """Images of several requests of one identity: one call of a batch method, else one call per request."""
+        if self.generate_batch is not None:
+            return self.generate_batch(requests, context)
+        return [self.generate(request, context) for request in requests]
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -90,6 +104,20 @@ def register_method(name: str, description: str = "") -> Callable[[MethodFn], Me
 
     def decorate(fn: MethodFn) -> MethodFn:
         METHODS[name] = MethodSpec(name, fn, description or (fn.__doc__ or name).strip().splitlines()[0])
+        return fn
+
+    return decorate
+
+
+def register_batch_method(name: str, description: str) -> Callable[[BatchMethodFn], BatchMethodFn]:
+    """Decorator adding ``fn(requests, context) -> [images per request]`` (requests of one
+    identity) to the registry; single requests go through it as a batch of one."""
+
+    def decorate(fn: BatchMethodFn) -> BatchMethodFn:
+        def one(request: GenerationRequest, context: "MethodContext") -> list[Image.Image]:
+            return fn([request], context)[0]
+
+        METHODS[name] = MethodSpec(name, one, description, generate_batch=fn)
         return fn
 
     return decorate
@@ -134,8 +162,7 @@ class MethodContext:
         self._identities: dict[str, PreparedIdentity] = {}
         self._reference_faces: dict[str, list] = {}
         self._drivers: dict[str, HeadParams] = {}
-        self._hint_key: tuple[str, str] | None = None
-        self._hint: torch.Tensor | None = None
+        self._hints: dict[tuple[str, str], torch.Tensor] = {}
 
     @property
     def detector(self):
@@ -177,47 +204,75 @@ class MethodContext:
         return condition.apply(self.identity(identity).head, driver)
 
     def hint(self, identity: Identity, condition: HeadCondition) -> torch.Tensor:
-        """(1, 9, H, W) rendered head condition; the last one is cached (runs go condition by condition)."""
+        """(1, 9, H, W) rendered head condition, cached for the current identity (runs go identity
+        by identity, and a batch may span several of its conditions)."""
         key = (identity.identity_id, condition.name)
-        if self._hint_key != key:
-            self._hint = self.session.hint(self.requested_head(identity, condition))
-            self._hint_key = key
-        return self._hint
+        if key not in self._hints:
+            if any(cached_identity != identity.identity_id for cached_identity, _ in self._hints):
+                self._hints.clear()
+            self._hints[key] = self.session.hint(self.requested_head(identity, condition))
+        return self._hints[key]
 
     def sample(self, request: GenerationRequest, hint: torch.Tensor, capface_strength: float, mask_gating: bool) -> list[Image.Image]:
         """Run the pipeline once for all of ``request.seeds`` (one generator per seed)."""
-        generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in request.seeds]
+        return self.sample_batch([request], [hint], capface_strength, mask_gating)[0]
+
+    def sample_batch(
+        self, requests: list[GenerationRequest], hints: list[torch.Tensor], capface_strength: float, mask_gating: bool
+    ) -> list[list[Image.Image]]:
+        """Run the pipeline once for every seed of every request (all of one identity).
+
+        Each image has its own prompt, hint and ``torch.Generator`` seeded with its seed, so an
+        image does not depend on what else is in the batch (up to floating-point rounding).
+
+        Args:
+            requests: requests of one identity. hints: (1, 9, H, W) per request.
+        Returns:
+            Per request, one image per seed in seed order.
+        """
+        identities = {request.identity.identity_id for request in requests}
+        if len(identities) != 1:
+            raise ValueError(f"a batch holds one identity's requests, got {sorted(identities)}")
+        prompts = [request.prompt_text for request in requests for _ in request.seeds]
+        hint = torch.cat([hint.expand(len(request.seeds), -1, -1, -1) for request, hint in zip(requests, hints, strict=True)])
+        generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for request in requests for seed in request.seeds]
         output = self.session.generate(
-            request.prompt_text,
-            self.reference_faces(request.identity),
+            prompts,
+            self.reference_faces(requests[0].identity),
             hint,
             generator=generators,
-            num_images=len(request.seeds),
+            num_images=1,
             capface_strength=capface_strength,
             mask_gating=mask_gating,
         )
-        return list(output.images)
+        images, start = list(output.images), 0
+        per_request = []
+        for request in requests:
+            per_request.append(images[start : start + len(request.seeds)])
+            start += len(request.seeds)
+        return per_request
 
     def close(self) -> None:
         self.session.close()
 
 
-@register_method("caphuman", "CapHuman: identity + head condition (strength and gating from the config)")
-def caphuman_method(request: GenerationRequest, context: MethodContext) -> list[Image.Image]:
+@register_batch_method("caphuman", "CapHuman: identity + head condition (strength and gating from the config)")
+def caphuman_method(requests: list[GenerationRequest], context: MethodContext) -> list[list[Image.Image]]:
     sampling = context.config.sampling
-    return context.sample(request, context.hint(request.identity, request.condition), sampling.capface_strength, sampling.mask_gating)
+    hints = [context.hint(request.identity, request.condition) for request in requests]
+    return context.sample_batch(requests, hints, sampling.capface_strength, sampling.mask_gating)
 
 
-@register_method("text-only", "plain Stable Diffusion on the same backbone: CapFace strength 0 (no identity, no head)")
-def text_only_method(request: GenerationRequest, context: MethodContext) -> list[Image.Image]:
-    hint = torch.zeros(1, 9, request.height, request.width)
-    return context.sample(request, hint, capface_strength=0.0, mask_gating=False)
+@register_batch_method("text-only", "plain Stable Diffusion on the same backbone: CapFace strength 0 (no identity, no head)")
+def text_only_method(requests: list[GenerationRequest], context: MethodContext) -> list[list[Image.Image]]:
+    hints = [torch.zeros(1, 9, request.height, request.width) for request in requests]
+    return context.sample_batch(requests, hints, capface_strength=0.0, mask_gating=False)
 
 
-@register_method("caphuman-no-head", "CapHuman without the head branch: zero hint, CapFace on, no mask gating")
-def no_head_method(request: GenerationRequest, context: MethodContext) -> list[Image.Image]:
-    hint = torch.zeros(1, 9, request.height, request.width)
-    return context.sample(request, hint, context.config.sampling.capface_strength, mask_gating=False)
+@register_batch_method("caphuman-no-head", "CapHuman without the head branch: zero hint, CapFace on, no mask gating")
+def no_head_method(requests: list[GenerationRequest], context: MethodContext) -> list[list[Image.Image]]:
+    hints = [torch.zeros(1, 9, request.height, request.width) for request in requests]
+    return context.sample_batch(requests, hints, context.config.sampling.capface_strength, mask_gating=False)
 
 
 DEFAULT_METHODS = ("caphuman", "text-only", "caphuman-no-head")
@@ -230,5 +285,6 @@ __all__ = [
     "MethodSpec",
     "PreparedIdentity",
     "get_method",
+    "register_batch_method",
     "register_method",
 ]

@@ -11,6 +11,14 @@ generates the missing seeds of a (method, identity, prompt, condition) in one pi
 Seeds are independent generators, so an image depends on its own seed only (up to the last bits
 of floating point, which batch size can change on some kernels).
 
+Batches and parts: each method's (identity, prompt, condition) units are cut, identity by
+identity, into *blocks* of ``max(1, batch_size // seeds)`` whole units, numbered across the run;
+a block's missing images are made in pipeline calls of up to ``batch_size`` images. Under
+``torchrun`` or ``--part i/N`` (:class:`caphuman.parallel.Part`) block ``b`` belongs to part
+``b mod N``: the blocks, and so every pipeline call's contents, are the same whatever the number
+of parts, so a split run writes the very images one process would. A part scores the units of
+its own blocks (their images are its own), so no part reads another's files before the merge.
+
 The manifest records the benchmark, the identities, the model config and weights folder, and
 per method the settings its images were made with; a rerun into the same folder with a
 different model/sampling config, or with a head condition whose values changed, stops with a
@@ -35,6 +43,7 @@ from caphuman.config import config_to_dict
 from caphuman.errors import ConfigError
 from caphuman.eval.benchmark import BenchmarkSpec, HeadCondition, Identity, PromptSpec
 from caphuman.eval.methods import GenerationRequest, MethodContext, MethodSpec
+from caphuman.parallel import Part
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,15 @@ class WorkUnit:
     identity: Identity
     prompt: PromptSpec
     condition: HeadCondition
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive units of one method and identity, generated together by one part."""
+
+    number: int
+    method: MethodSpec
+    units: tuple[WorkUnit, ...]
 
 
 @dataclass
@@ -77,6 +95,47 @@ def work_units(spec: BenchmarkSpec, identities: list[Identity]) -> Iterator[Work
         for condition in spec.conditions:
             for prompt in spec.prompts:
                 yield WorkUnit(identity, prompt, condition)
+
+
+def units_per_block(batch_size: int, seeds: int) -> int:
+    """Whole units per block: as many as fill a batch (at least one)."""
+    return max(1, batch_size // max(1, seeds))
+
+
+def blocks(spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], batch_size: int) -> Iterator[Block]:
+    """Every method's units cut into numbered blocks (see the module docstring)."""
+    size = units_per_block(batch_size, len(spec.seeds))
+    number = 0
+    for method in methods:
+        for identity in identities:
+            units = list(work_units(spec, [identity]))
+            for start in range(0, len(units), size):
+                yield Block(number, method, tuple(units[start : start + size]))
+                number += 1
+
+
+def unit_key(unit: WorkUnit) -> str:
+    return f"{unit.identity.identity_id}/{unit.prompt.prompt_id}/{unit.condition.name}"
+
+
+def owned_units(spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], batch_size: int, part: Part) -> set[tuple[str, str]]:
+    """(method name, unit key) of every unit in ``part``'s blocks."""
+    return {
+        (block.method.name, unit_key(unit))
+        for block in blocks(spec, identities, methods, batch_size)
+        if part.owns_index(block.number)
+        for unit in block.units
+    }
+
+
+def missing_images(spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path) -> int:
+    """How many images of the run are not on disk (a part that has not finished)."""
+    return sum(
+        not image_path(run_dir, method.name, unit.identity.identity_id, unit.prompt.prompt_id, unit.condition.name, seed).is_file()
+        for method in methods
+        for unit in work_units(spec, identities)
+        for seed in spec.seeds
+    )
 
 
 def write_png_atomically(image: Image.Image, path: Path) -> None:
@@ -121,9 +180,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def update_manifest(
-    run_dir: Path, spec: BenchmarkSpec, benchmark_path: str, identities: list[Identity], context: MethodContext, methods: list[MethodSpec]
+    run_dir: Path, spec: BenchmarkSpec, benchmark_path: str, identities: list[Identity], context: MethodContext, methods: list[MethodSpec],
+    write: bool = True,
 ) -> dict:
     """Create or extend RUN/manifest.json; refuse settings that differ from those already recorded.
+
+    ``write=False`` only checks (every part checks; one part, or the merge, writes the file, so
+    parts never race on it).
 
     Raises:
         ConfigError: a method was generated here before with another config, or a head condition
@@ -154,7 +217,8 @@ def update_manifest(
     manifest.setdefault("identities", {}).update({i.identity_id: {"path": str(i.path.resolve()), "subject": i.subject} for i in identities})
     manifest["device"] = str(context.device)
     manifest["versions"] = _versions()
-    write_json_atomically(manifest, path)
+    if write:
+        write_json_atomically(manifest, path)
     return manifest
 
 
@@ -167,46 +231,85 @@ def _versions() -> dict:
 
 
 def generate(
-    spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, context: MethodContext
+    spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, context: MethodContext,
+    batch_size: int = 1, part: Part = Part(), progress: bool = False,
 ) -> list[GenerationSummary]:
-    """Generate every missing image of every method (see the module docstring for the layout)."""
+    """Generate every missing image of ``part``'s blocks (see the module docstring for the layout).
+
+    Args:
+        batch_size: images per pipeline call (methods without batch support get one call per
+            (identity, prompt, condition) instead).
+        part: which blocks are this process's (default: all).
+        progress: show a progress bar of images.
+    """
+    from tqdm import tqdm
+
     run_dir = Path(run_dir)
     sampling = context.config.sampling
+    mine = [block for block in blocks(spec, identities, methods, batch_size) if part.owns_index(block.number)]
+    counts = {method.name: [0, 0, 0.0] for method in methods}  # generated, skipped, seconds
+    total = sum(len(block.units) for block in mine) * len(spec.seeds)
+    with tqdm(total=total, unit="image", desc="generate", disable=not progress) as bar:
+        for block in mine:
+            start = time.perf_counter()
+            count = counts[block.method.name]
+            todo: list[tuple[WorkUnit, int, Path]] = []
+            for unit in block.units:
+                for seed in spec.seeds:
+                    path = image_path(run_dir, block.method.name, unit.identity.identity_id, unit.prompt.prompt_id, unit.condition.name, seed)
+                    if path.is_file():
+                        count[1] += 1
+                    else:
+                        todo.append((unit, seed, path))
+            bar.update(len(block.units) * len(spec.seeds) - len(todo))
+            for first in range(0, len(todo), batch_size):
+                chunk = todo[first : first + batch_size]
+                requests, paths = [], []
+                for unit, seed, path in chunk:  # consecutive images of one unit -> one request
+                    if requests and requests[-1][0] is unit:
+                        requests[-1][1].append(seed)
+                    else:
+                        requests.append((unit, [seed]))
+                    paths.append(path)
+                made = block.method.generate_requests(
+                    [
+                        GenerationRequest(
+                            identity=unit.identity, prompt=unit.prompt, prompt_text=unit.prompt.render(unit.identity.subject),
+                            condition=unit.condition, seeds=tuple(seeds), height=sampling.height, width=sampling.width,
+                        )
+                        for unit, seeds in requests
+                    ],
+                    context,
+                )
+                images = [image for per_request in made for image in per_request]
+                if len(images) != len(chunk):
+                    raise RuntimeError(f"method '{block.method.name}' returned {len(images)} images for {len(chunk)} seeds")
+                for image, path in zip(images, paths):
+                    write_png_atomically(image, path)
+                count[0] += len(chunk)
+                bar.update(len(chunk))
+                logger.debug("%s: block %d, %d image(s)", block.method.name, block.number, len(chunk))
+            count[2] += time.perf_counter() - start
     summaries = []
     for method in methods:
-        start, generated, skipped = time.perf_counter(), 0, 0
-        for unit in work_units(spec, identities):
-            paths = {
-                seed: image_path(run_dir, method.name, unit.identity.identity_id, unit.prompt.prompt_id, unit.condition.name, seed)
-                for seed in spec.seeds
-            }
-            missing = tuple(seed for seed, path in paths.items() if not path.is_file())
-            skipped += len(paths) - len(missing)
-            if not missing:
-                continue
-            request = GenerationRequest(
-                identity=unit.identity, prompt=unit.prompt, prompt_text=unit.prompt.render(unit.identity.subject),
-                condition=unit.condition, seeds=missing, height=sampling.height, width=sampling.width,
-            )
-            images = method.generate(request, context)
-            if len(images) != len(missing):
-                raise RuntimeError(f"method '{method.name}' returned {len(images)} images for {len(missing)} seeds")
-            for seed, image in zip(missing, images):
-                write_png_atomically(image, paths[seed])
-            generated += len(missing)
-            logger.debug("%s: %s / %s / %s seeds %s", method.name, unit.identity.identity_id, unit.prompt.prompt_id, unit.condition.name, missing)
-        seconds = time.perf_counter() - start
-        logger.info("%s: generated %d image(s), %d already there (%.1f s).", method.name, generated, skipped, seconds)
+        generated, skipped, seconds = counts[method.name]
+        logger.info("%s: generated %d image(s), %d already there (%.1f s)%s.", method.name, generated, skipped, seconds, "" if part.whole else f" [{part}]")
         summaries.append(GenerationSummary(method.name, generated, skipped, seconds))
     return summaries
 
 
 __all__ = [
+    "Block",
     "GenerationSummary",
     "WorkUnit",
+    "blocks",
     "generate",
     "image_path",
     "method_folder",
+    "missing_images",
+    "owned_units",
+    "unit_key",
+    "units_per_block",
     "update_manifest",
     "work_units",
     "write_json_atomically",

@@ -13,6 +13,8 @@ unnoticed.
 Scores are cached per (identity, prompt, condition) in RUN/scores/<method>.jsonl together with
 the scorer's settings and each image's modification time, so a rerun scores only new or
 regenerated images, and a change of scorer (another recogniser, CLIP now present) rescores all.
+A part of a split run (:mod:`caphuman.parallel`) scores only its own units and appends to its
+own RUN/scores/<method>.<part tag>.jsonl; every reader takes the cached scores of all files.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from caphuman.eval.diversity import pairwise_identity_distance
 from caphuman.eval.head_metrics import HeadErrors, head_errors
 from caphuman.eval.identity import IdentityModel, cosine_similarity
 from caphuman.eval.methods import MethodContext, MethodSpec
-from caphuman.eval.runner import WorkUnit, image_path, method_folder, work_units
+from caphuman.eval.runner import WorkUnit, image_path, method_folder, unit_key, work_units
+from caphuman.parallel import Part
 
 logger = logging.getLogger(__name__)
 
@@ -173,27 +176,35 @@ class Scorer:
         return rows
 
 
-def _unit_key(unit: WorkUnit) -> str:
-    return f"{unit.identity.identity_id}/{unit.prompt.prompt_id}/{unit.condition.name}"
-
-
-def _load_cache(path: Path) -> dict[str, dict]:
-    records: dict[str, dict] = {}
-    if path.is_file():
+def _load_cache(paths: list[Path]) -> dict[str, list[dict]]:
+    """Cached records of every file, per unit key, latest first (one unit can have several: a
+    rescore appends, and a unit may have been scored by another part in an earlier split)."""
+    records: dict[str, list[dict]] = {}
+    for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by an interrupted run; its unit is rescored
-            records[record["key"]] = record
+            records.setdefault(record["key"], []).insert(0, record)
     return records
 
 
+def cache_files(run_dir: Path, method: str) -> list[Path]:
+    """RUN/scores/<method>.jsonl and every part's RUN/scores/<method>.part-*.jsonl."""
+    folder, name = run_dir / SCORES_DIR, method_folder(method)
+    return [path for path in [folder / f"{name}.jsonl", *sorted(folder.glob(f"{name}.part-*.jsonl"))] if path.is_file()]
+
+
 def score_run(
-    spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, scorer: Scorer
+    spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, scorer: Scorer,
+    part: Part = Part(), owned: set[tuple[str, str]] | None = None,
 ) -> tuple[list[ImageScore], dict[str, int]]:
     """Score every generated image of ``methods`` (cached units are reused).
 
+    Args:
+        part, owned: a part of a split run scores only the (method, unit key) pairs in ``owned``
+            (see :func:`caphuman.eval.runner.owned_units`) into its own cache file.
     Returns:
         (rows in benchmark order, {method: number of images scored now}).
     """
@@ -202,12 +213,16 @@ def score_run(
     rows: list[ImageScore] = []
     scored_now: dict[str, int] = {}
     for method in methods:
-        cache_path = run_dir / SCORES_DIR / f"{method_folder(method.name)}.jsonl"
+        name = method_folder(method.name)
+        cache_path = run_dir / SCORES_DIR / (f"{name}.jsonl" if part.whole else f"{name}.{part.tag}.jsonl")
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        cache = _load_cache(cache_path)
+        cache = _load_cache(cache_files(run_dir, method.name))
         start, count = time.perf_counter(), 0
         with cache_path.open("a", encoding="utf-8") as stream:
             for unit in work_units(spec, identities):
+                key = unit_key(unit)
+                if owned is not None and (method.name, key) not in owned:
+                    continue
                 paths = {
                     seed: image_path(run_dir, method.name, unit.identity.identity_id, unit.prompt.prompt_id, unit.condition.name, seed)
                     for seed in spec.seeds
@@ -216,9 +231,8 @@ def score_run(
                 if not paths:
                     continue
                 stamps = {str(seed): path.stat().st_mtime_ns for seed, path in paths.items()}
-                key = _unit_key(unit)
-                cached = cache.get(key)
-                if cached is not None and cached["settings"] == settings and cached["stamps"] == stamps:
+                cached = next((r for r in cache.get(key, []) if r["settings"] == settings and r["stamps"] == stamps), None)
+                if cached is not None:
                     rows.extend(ImageScore(**row) for row in cached["rows"])
                     continue
                 unit_rows = scorer.score_unit(method.name, unit, paths, run_dir)
@@ -231,4 +245,4 @@ def score_run(
     return rows, scored_now
 
 
-__all__ = ["ImageScore", "SCORE_COLUMNS", "Scorer", "score_run"]
+__all__ = ["ImageScore", "SCORE_COLUMNS", "Scorer", "cache_files", "score_run"]
