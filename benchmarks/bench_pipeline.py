@@ -5,9 +5,9 @@ UNet, VAE and text encoder, and a ControlNet of CapFace's size fed the same 9-ch
 pipeline makes ``batch`` images per call (one prompt, ``num_images_per_prompt=batch``, one
 generator per image), VAE decode included. Printed per batch size: seconds per call, images/s,
 peak memory, and the ratio of images/s ours / diffusers. Speed options (``--compile``,
-``--channels-last``) go to both pipelines alike (UNet + CapFace / UNet + ControlNet). With
-``--compile`` the same process first measures without compiling, then compiles and measures
-again; the warm-up call per batch size, which compiles, is not timed.
+``--channels-last``) go to both pipelines alike (UNet + CapFace / UNet + ControlNet), in stages
+of one process: first plain ("eager"), then with channels_last, then compiled (on top of
+channels_last when both are given); the warm-up call per batch size, which compiles, is not timed.
 
     python benchmarks/bench_pipeline.py --device cuda --dtype float16                  # 512 px, 20 steps, batch 1 and 8
     python benchmarks/bench_pipeline.py --device cuda --dtype float16 --compile
@@ -111,8 +111,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--guidance-scale", type=float, default=7.0)
-    parser.add_argument("--compile", action="store_true", help="after the eager figures, torch.compile UNet + CapFace / UNet + ControlNet and measure again")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory for the convolutional networks")
+    parser.add_argument("--compile", action="store_true", help="then torch.compile UNet + CapFace / UNet + ControlNet and measure again")
+    parser.add_argument("--channels-last", action="store_true", help="then switch to channels_last memory and measure again")
     parser.add_argument("--tiny", action="store_true", help="tiny components instead of SD 1.5 size (to check the script quickly)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -122,8 +122,6 @@ def main() -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
     ours, theirs, face_dim = build_pipelines(args.tiny, device, dtype)
-    for pipe in (ours, theirs):
-        apply_speed_options(pipe, channels_last=args.channels_last)
     hint = torch.rand(1, 9, args.size, args.size, generator=torch.Generator().manual_seed(0))
     clip_size = ours.image_encoder.config.image_size
     identity = IdentityInputs(torch.randn(1, 1, face_dim), torch.randn(1, 1, 3, clip_size, clip_size))
@@ -141,15 +139,15 @@ def main() -> None:
                guidance_scale=args.guidance_scale, generator=generators(batch), output_type="np")
 
     header = (f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) dtype={args.dtype} "
-              f"size={args.size} steps={args.steps} guidance={args.guidance_scale} channels_last={args.channels_last} "
+              f"size={args.size} steps={args.steps} guidance={args.guidance_scale} "
               f"tiny={args.tiny} torch={torch.__version__} threads={torch.get_num_threads()}")
     print(header, flush=True)
-    print(f"{'pipeline':<22}{'compiled':>9}{'batch':>6}{'s/call':>10}{'images/s':>10}{'peak MB':>10}", flush=True)
+    print(f"{'pipeline':<22}{'stage':>15}{'batch':>6}{'s/call':>10}{'images/s':>10}{'peak MB':>10}", flush=True)
     results = []
-    for compiled in (False, True) if args.compile else (False,):
-        if compiled:
-            for pipe in (ours, theirs):
-                apply_speed_options(pipe, compile=True)
+    stages = ["eager"] + (["channels_last"] if args.channels_last else []) + (["compiled"] if args.compile else [])
+    for stage in stages:
+        for pipe in (ours, theirs):  # each stage adds its option to what the previous ones set
+            apply_speed_options(pipe, compile=stage == "compiled", channels_last=stage == "channels_last")
         with torch.inference_mode():
             for batch in args.batch_sizes:
                 row = {}
@@ -158,10 +156,10 @@ def main() -> None:
                     with PeakMemory(device) as memory:
                         seconds = seconds_per_call(lambda: call(batch), device, args.repeats)
                     row[name] = {"seconds_per_call": seconds, "images_per_s": batch / seconds, "peak_mb": memory.peak_mb}
-                    print(f"{name:<22}{str(compiled):>9}{batch:>6}{seconds:>10.3f}{batch / seconds:>10.2f}{memory.peak_mb:>10.0f}", flush=True)
+                    print(f"{name:<22}{stage:>15}{batch:>6}{seconds:>10.3f}{batch / seconds:>10.2f}{memory.peak_mb:>10.0f}", flush=True)
                 ratio = row["caphuman"]["images_per_s"] / row["diffusers ControlNet"]["images_per_s"]
-                print(f"{'ratio ours/diffusers':<22}{str(compiled):>9}{batch:>6}{'':>10}{ratio:>10.3f}", flush=True)
-                results.append({"compiled": compiled, "batch": batch, "ratio_images_per_s": ratio, **row})
+                print(f"{'ratio ours/diffusers':<22}{stage:>15}{batch:>6}{'':>10}{ratio:>10.3f}", flush=True)
+                results.append({"stage": stage, "batch": batch, "ratio_images_per_s": ratio, **row})
                 if args.json:  # after every row, so a run cut short keeps what it measured
                     with open(args.json, "w", encoding="utf-8") as stream:
                         json.dump({"settings": header, "results": results}, stream, indent=2)
