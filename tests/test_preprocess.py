@@ -248,3 +248,78 @@ def test_parallel_workers_make_the_same_records(runs, tmp_path):
         np.testing.assert_allclose(a.face_embedding, b.face_embedding, atol=1e-5)
         # One thread per worker vs two in the test process: float sums in another order.
         np.testing.assert_allclose(a.hint.astype(np.float32), b.hint.astype(np.float32), atol=5e-3)
+
+
+def assert_same_records(out: Path, reference: Path) -> None:
+    """The datasets hold the same keys, and each record's content matches (tolerances: see above)."""
+    entries, expected = read_index(out), {entry.key: entry for entry in read_index(reference)}
+    assert sorted(entry.key for entry in entries) == sorted(expected)
+    for entry in entries:
+        assert (entry.source, entry.caption) == (expected[entry.key].source, expected[entry.key].caption)
+        with ShardReader(out / entry.shard) as reader, ShardReader(reference / expected[entry.key].shard) as other:
+            a, b = reader.read(entry.key), other.read(entry.key)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.face_mask, b.face_mask)
+        np.testing.assert_allclose(a.face_embedding, b.face_embedding, atol=1e-5)
+        np.testing.assert_allclose(a.hint.astype(np.float32), b.hint.astype(np.float32), atol=5e-3)
+
+
+def test_parts_then_merge_make_the_records_of_one_run(runs, tmp_path):
+    """--part 0/2 and 1/2 (one of them killed and rerun), then --merge: the sequential run's dataset."""
+    from caphuman.cli import main
+    from caphuman.data.preprocess import PARTS_DIR, merge_parts
+    from caphuman.parallel import Part
+
+    out = tmp_path / "split"
+    captions = runs["images"].parent / "captions.jsonl"
+    split = settings(runs["images"], out, captions=str(captions))
+    seen: dict[int, list[str]] = {0: [], 1: []}
+    killed = preprocess_folder(split, progress=False, stop_after=1, part=Part(1, 2), on_result=lambda result: seen[1].append(result.source))
+    assert killed.interrupted
+    assert not (out / INDEX_FILE).exists(), "a part writes only under parts/"
+    for index in (0, 1):
+        preprocess_folder(split, progress=False, part=Part(index, 2), on_result=lambda result, i=index: seen[i].append(result.source))
+    assert not set(seen[0]) & set(seen[1]), "the parts share no photo"
+    assert set(seen[0]) | set(seen[1]) == set(FACE_PHOTOS) | set(BAD_PHOTOS)
+    assert len(seen[0]) == len(set(seen[0])) and seen[0], "part 0 did each of its photos once"
+    assert merge_parts(out) == len(FACE_PHOTOS)
+    assert_same_records(out, runs["out"])
+    assert all(entry.shard.startswith(f"{PARTS_DIR}/part-00") for entry in read_index(out))
+    report = json.loads((out / "report.json").read_text())
+    assert {item["source"]: item["kind"] for item in report["skipped"]} == BAD_PHOTOS
+    assert report["missing_captions"] == sorted(set(FACE_PHOTOS) - {"grace.jpg"})
+
+    index = (out / INDEX_FILE).read_text()
+    assert merge_parts(out) == len(FACE_PHOTOS) and (out / INDEX_FILE).read_text() == index  # idempotent
+    # A rerun of a part after the merge finds nothing to do; a whole run finds nothing either.
+    assert preprocess_folder(split, progress=False, part=Part(0, 2)).processed == 0
+    assert preprocess_folder(split, progress=False).processed == 0
+    args = ["preprocess", "--images", str(runs["images"]), "--out", str(out), "--config", TINY_CONFIG]
+    assert main([*args, "--merge"]) == 0 and (out / INDEX_FILE).read_text() == index
+    assert main([*args, "--merge", "--part", "0/2"]) == 2
+    assert main([*args, "--part", "2/2"]) == 2
+    assert main(["preprocess", "--images", str(runs["images"]), "--out", str(tmp_path / "empty"), "--merge"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_make_the_records_of_one_run(runs, tmp_path):
+    """torchrun with 2 CPU processes: each rank its share, rank 0 merges after a gloo barrier."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ranks"
+    captions = runs["images"].parent / "captions.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "caphuman.cli", "preprocess",
+        "--images", str(runs["images"]), "--out", str(out), "--captions", str(captions), "--config", TINY_CONFIG,
+        "--weights", str(out.parent / "no-weights"), "--image-size", str(IMAGE_SIZE), "--shard-size", "2", "--head-prior", "builtin",
+        "--no-progress",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(path.name for path in (out / "parts").iterdir()) == ["part-000-of-002", "part-001-of-002"]
+    assert_same_records(out, runs["out"])
+    report = json.loads((out / "report.json").read_text())
+    assert {item["source"]: item["kind"] for item in report["skipped"]} == BAD_PHOTOS

@@ -18,6 +18,12 @@ Runs are resumable: a photo whose key is in the index is not processed again, an
 was unreadable or had no face is not retried while its size and modification time are unchanged
 (unless ``retry_failed``); photos that hit an unexpected error are always retried. Bad photos (unreadable, not an image, no face) are skipped and listed in
 ``report.json`` with the reason.
+
+Split runs (``--part i/N`` or torchrun ranks, :class:`caphuman.parallel.Part`): a photo belongs to
+the part given by a stable hash of its path; each part writes a complete dataset of its own
+photos under ``DATASET/parts/part-iii-of-nnn/`` and reads nothing of the other parts. Then
+:func:`merge_parts` (rank 0 at the end under torchrun, ``--merge`` otherwise) writes the one
+``DATASET/index.jsonl`` naming the parts' shards where they are, and one report.json.
 """
 
 from __future__ import annotations
@@ -38,12 +44,14 @@ from omegaconf import OmegaConf
 
 from caphuman.config import CapHumanConfig, load_config
 from caphuman.data.records import CLIP_CROP_SIZE, FaceRecord, head_params_to_arrays, record_key
-from caphuman.data.shards import REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, read_index, write_bytes_atomically
+from caphuman.data.shards import INDEX_FILE, REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, read_index, write_bytes_atomically
 from caphuman.errors import CapHumanError, ConfigError, InputImageError
+from caphuman.parallel import Part
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAPTION = "a photo of a person"
+PARTS_DIR = "parts"
 DATASET_FORMAT_VERSION = 1
 # Settings that change what a record contains: a rerun into the same folder must match them, or
 # the dataset would mix two kinds of records.
@@ -444,6 +452,7 @@ def preprocess_folder(
     progress: bool = True,
     stop_after: Optional[int] = None,
     on_result: Optional[Callable[[PhotoResult], None]] = None,
+    part: Part = Part(),
 ) -> PreprocessSummary:
     """Turn every photo under ``settings.images`` into records under ``settings.out``.
 
@@ -454,6 +463,8 @@ def preprocess_folder(
             stop at once, leaving the open shard uncommitted (its temporary file stays behind,
             as after a kill).
         on_result: called in this process with each photo's result (for progress reporting).
+        part: only this part's photos, into ``out/parts/<part tag>`` (see the module docstring);
+            photos already in ``out``'s own index are not processed again.
     Returns:
         The run's :class:`PreprocessSummary` (also written to report.json).
     Raises:
@@ -469,11 +480,16 @@ def preprocess_folder(
     exclude = [out] + ([captions_path] if captions_path else [])
     sources = list_photos(images, exclude)
     config = settings.model_config()
+    merged_keys: set[str] = set()
+    if not part.whole:
+        sources = [source for source in sources if part.owns_name(source)]
+        merged_keys = {entry.key for entry in read_index(out)}  # written by an earlier merge or whole run
+        out = out / PARTS_DIR / part.tag
 
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out, settings.shard_size)  # repairs what an interrupted run left
     entries = read_index(out)
-    done_keys = {entry.key for entry in entries}
+    done_keys = {entry.key for entry in entries} | merged_keys
     report = _Report(out, set(sources))
     summary = PreprocessSummary()
 
@@ -588,6 +604,64 @@ def preprocess_folder(
 
     _log_summary(summary, out)
     return summary
+
+
+def merge_parts(out: str | os.PathLike) -> int:
+    """Put the parts under ``out/parts`` together: one index.jsonl, report.json and preprocess.yaml.
+
+    Entries already in ``out/index.jsonl`` stay first and as they are; each part's records are
+    added once (by key), naming the part's shard files where they lie. Idempotent.
+
+    Returns:
+        The number of records in the merged dataset.
+    Raises:
+        CapHumanError: no parts, or parts made with differing settings.
+    """
+    out = Path(out)
+    folders = sorted(path for path in (out / PARTS_DIR).glob("part-*-of-*") if path.is_dir()) if (out / PARTS_DIR).is_dir() else []
+    if not folders:
+        raise CapHumanError(f"No parts to merge under {out / PARTS_DIR}; run preprocess with --part i/N (or under torchrun) first.")
+    settings = read_dataset_settings(out)
+    for folder in folders:
+        theirs = read_dataset_settings(folder)
+        if theirs is None:
+            continue  # a part that has not started: nothing of it to merge
+        if settings is None:
+            settings = theirs
+        changed = [name for name in _RECORD_DEFINING_SETTINGS if settings.get(name) != theirs.get(name)]
+        if changed:
+            raise ConfigError(f"Part {folder} was made with other settings ({', '.join(changed)}) than the rest of {out}; remake it.")
+    if settings is None:
+        raise CapHumanError(f"No part under {out / PARTS_DIR} has started; nothing to merge.")
+
+    entries = read_index(out)
+    known = {entry.key for entry in entries}
+    report = _read_report(out)
+    skipped = {item["source"]: item for item in report.get("skipped", [])}
+    missing_captions = set(report.get("missing_captions", []))
+    for folder in folders:
+        for entry in read_index(folder):
+            if entry.key not in known:
+                known.add(entry.key)
+                shard = f"{PARTS_DIR}/{folder.name}/{entry.shard}"
+                entries.append(IndexEntry(entry.key, shard, entry.source, entry.caption))
+        theirs = _read_report(folder)
+        skipped.update({item["source"]: item for item in theirs.get("skipped", [])})
+        missing_captions.update(theirs.get("missing_captions", []))
+    done = {entry.source for entry in entries}
+    lines = "".join(json.dumps(asdict(entry), ensure_ascii=False) + "\n" for entry in entries)
+    write_bytes_atomically(out / INDEX_FILE, lines.encode("utf-8"))
+    write_bytes_atomically(out / SETTINGS_FILE, OmegaConf.to_yaml(OmegaConf.create(settings)).encode("utf-8"))
+    merged = {
+        "done": len(entries),
+        "shards": len({entry.shard for entry in entries}),
+        "skipped": [item for source, item in sorted(skipped.items()) if source not in done],
+        "missing_captions": sorted(missing_captions & done),
+        "parts": [folder.name for folder in folders],
+    }
+    write_bytes_atomically(out / REPORT_FILE, (json.dumps(merged, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    logger.info("Merged %d part(s): %d record(s) in %s (%d photo(s) skipped).", len(folders), len(entries), out, len(merged["skipped"]))
+    return len(entries)
 
 
 def _log_summary(summary: PreprocessSummary, out: Path) -> None:
