@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -288,3 +289,55 @@ def test_the_documented_preprocess_config_has_the_tiny_training_model():
     from caphuman.config import load_config
 
     assert load_config("configs/tiny.yaml").model == load_train_config("configs/tiny_train.yaml").model
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_with_batch_b_train_what_one_process_with_batch_2b_does(tmp_path):
+    """torchrun, 2 CPU processes (gloo DDP) x batch 2 == 1 process x batch 4, to float tolerance.
+
+    One shard, so the dataset deals records round robin to the ranks (record mode) and the two
+    ranks' batches together hold the one process's batch; the per-sample noise generators follow
+    the samples. Adam's eps = 1 keeps its update close to lr x gradient, so that rounding in
+    near-zero gradients is not magnified into full steps of size lr.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from caphuman.training.export import adapter_from_checkpoint
+
+    root = tmp_path / "one_shard"
+    writer = ShardWriter(root, shard_size=100)
+    for index in range(8):
+        writer.add_record(synthetic_record(index))
+    writer.commit()
+    options = {
+        "training.data.root": str(root), "training.data.shuffle": "false", "training.data.dropout.hint": 0.0,
+        "training.max_steps": 3, "training.checkpoint_every": 3, "training.validation.every_n_steps": 0,
+        "training.ema.enabled": "false", "training.optimizer.lr": 0.05, "training.optimizer.eps": 1.0,
+        "training.optimizer.weight_decay": 0.0, "training.log_every_n_steps": 1, "training.accelerator": "cpu",
+    }
+
+    def final_weights(out) -> dict[str, torch.Tensor]:
+        return adapter_from_checkpoint(out / "checkpoints" / "last.ckpt", use_ema=False)[0].state_dict()
+
+    single, half = tmp_path / "single", tmp_path / "half"
+    train(tiny_config(single, **options, **{"training.data.batch_size": 4}), command="pytest")
+    train(tiny_config(half, **options, **{"training.data.batch_size": 2}), command="pytest")
+
+    ranks = tmp_path / "ddp"
+    overrides = {**options, "training.output_dir": str(ranks), "training.data.batch_size": 2, "training.devices": 2, "training.strategy": "ddp"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "caphuman.cli", "train",
+        "--config", "configs/tiny_train.yaml", *[f"{key}={value}" for key, value in overrides.items()],
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    expected, ddp, other = final_weights(single), final_weights(ranks), final_weights(half)
+    for name in expected:
+        torch.testing.assert_close(ddp[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    # Training on half the records moves the weights elsewhere by far more than that tolerance.
+    assert max((other[name] - expected[name]).abs().max().item() for name in expected) > 1e-3

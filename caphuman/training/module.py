@@ -16,9 +16,13 @@ Per batch (published recipe, with the sampler's own condition functions from cap
    0.14.1's tensor resize, i.e. a plain bilinear sample rounded back to 0/1
    (:func:`face_mask_target`).
 
-Every random draw of a step comes from one CPU generator seeded by (seed, global_step, rank), in
-the order: posterior sample, timesteps, noise. No RNG state needs restoring on resume, and CPU and
-GPU runs draw the same numbers.
+Every random draw of a step comes from CPU generators, one per sample, seeded by (seed,
+global_step, the sample's position in the global batch), each drawing in the order: posterior
+sample, timestep, noise. No RNG state needs restoring on resume, CPU and GPU runs draw the same
+numbers, and a sample's draws do not depend on how the global batch is split over processes:
+sample i of rank r is position i * world_size + r, the position the dataset's record mode deals
+it to (every world_size-th record to each rank), so W processes with batch B compute the
+gradients of one process with batch W * B on the same records.
 """
 
 from __future__ import annotations
@@ -51,10 +55,10 @@ CHECKPOINT_DATA_KEY = "caphuman_data_layout"
 CHECKPOINT_ADAPTER_CONFIG_KEY = "caphuman_adapter_config"
 
 
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """The CPU generator of one training step: a pure function of (seed, step, rank)."""
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator of one training step: a pure function of (seed, step, stream)."""
     # SeedSequence mixes the three integers so neighbouring steps get unrelated streams.
-    state = np.random.SeedSequence([int(seed), int(step), int(rank)]).generate_state(2, dtype=np.uint32)
+    state = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(2, dtype=np.uint32)
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -74,6 +78,12 @@ def face_mask_target(face_region: torch.Tensor, size: tuple[int, int]) -> torch.
         (B, 1, h, w) float32 in {0, 1}.
     """
     return resize_face_mask(face_region.round().to(torch.uint8), size).float()
+
+
+def sample_generators(seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[torch.Generator]:
+    """One generator per sample of rank ``rank``'s batch, by the sample's global batch position
+    (see the module docstring)."""
+    return [step_generator(seed, step, index * world_size + rank) for index in range(batch_size)]
 
 
 @dataclass
@@ -258,14 +268,15 @@ class CapHumanTrainingModule(pl.LightningModule):
             getattr(self, name).to(dtype=dtype)
 
     # ---- the loss ---------------------------------------------------------------------------
-    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> LossTerms:
+    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator]) -> LossTerms:
         """The training loss of one collated batch (see the module docstring).
 
         Args:
             batch: ``pixel_values`` (B, 3, S, S) in [-1, 1]; ``clip_pixel_values`` (B, 1, 3, s, s);
                 ``face_embeds`` (B, 1, G); ``face_mask`` (B, 1, S, S) in {0, 1}; ``hint`` (B, 9, S, S);
                 ``caption`` list of B str; ``drop_identity``/``drop_hint`` (B,) bool.
-            generator: CPU generator for the posterior sample, timesteps and noise, in that order.
+            generator: CPU generator for the posterior sample, timesteps and noise, in that order;
+                or one generator per sample, each drawing that sample's three in that order.
         """
         device = self.device
         pixel_values = batch["pixel_values"].to(device)
@@ -273,10 +284,13 @@ class CapHumanTrainingModule(pl.LightningModule):
         with torch.no_grad():
             posterior = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
             latents = posterior.sample(generator=generator).float() * self.vae.config.scaling_factor
-            timesteps = torch.randint(
-                0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator
-            ).to(device)
-            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device)
+            steps = self.noise_scheduler.config.num_train_timesteps
+            if isinstance(generator, list):
+                timesteps = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generator]).to(device)
+                noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g, dtype=torch.float32) for g in generator]).to(device)
+            else:
+                timesteps = torch.randint(0, steps, (batch_size,), generator=generator).to(device)
+                noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device)
             noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
             text_embeds = encode_prompts(list(batch["caption"]), self.tokenizer, self.text_encoder)
 
@@ -307,9 +321,10 @@ class CapHumanTrainingModule(pl.LightningModule):
         return LossTerms(total=total, noise=noise_loss.detach(), mask=mask_loss.detach())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        generator = step_generator(self.config.training.seed, self.global_step, self.global_rank)
-        terms = self.compute_loss(batch, generator)
         batch_size = batch["pixel_values"].shape[0]
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        generators = sample_generators(self.config.training.seed, self.global_step, batch_size, self.global_rank, world_size)
+        terms = self.compute_loss(batch, generators)
         self.log("train/loss", terms.total.detach(), prog_bar=True, batch_size=batch_size)
         self.log("train/noise_loss", terms.noise, batch_size=batch_size)
         self.log("train/mask_loss", terms.mask, batch_size=batch_size)
@@ -357,4 +372,4 @@ class CapHumanTrainingModule(pl.LightningModule):
             )
 
 
-__all__ = ["CapHumanTrainingModule", "LossTerms", "ResumableBatches", "StreamLayout", "check_endless_dataset", "step_generator"]
+__all__ = ["CapHumanTrainingModule", "LossTerms", "ResumableBatches", "StreamLayout", "check_endless_dataset", "sample_generators", "step_generator"]
