@@ -440,7 +440,10 @@ class CapHumanPipeline(DiffusionPipeline):
         zero_tokens = zeros_like_tokens(id_tokens)
         # tau: the published model drops identity tokens at early (noisy) steps. Decided here on
         # the host, once: `int(timestep) > tau` inside the loop would wait for the GPU every step.
-        drop_identity = [tau > 0 and value > tau for value in timesteps.cpu().tolist()]
+        # The scheduler gets the same host copy: DDIM indexes its (CPU) alphas with the timestep,
+        # and a CUDA tensor index would synchronise there too.
+        host_timesteps = timesteps.cpu().tolist()
+        drop_identity = [tau > 0 and value > tau for value in host_timesteps]
         with self.progress_bar(total=len(timesteps)) as progress:
             for index, timestep in enumerate(timesteps):
                 step_tokens = zero_tokens if drop_identity[index] else id_tokens
@@ -449,7 +452,7 @@ class CapHumanPipeline(DiffusionPipeline):
                     guidance_scale, identity_guidance_scale, capface_strength, mask_gating,
                     body_map=body_map, body_control_strength=body_control_strength,
                 )
-                latents = self.scheduler.step(noise, timestep, latents, **step_kwargs, return_dict=False)[0]
+                latents = self.scheduler.step(noise, host_timesteps[index], latents, **step_kwargs, return_dict=False)[0]
                 if callback is not None:
                     callback(index, timestep, latents)
                 progress.update()
