@@ -101,3 +101,26 @@ def test_channels_last_gives_the_same_images(tiny_pipeline):
     assert tiny_pipeline.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     after = sample(tiny_pipeline, PROMPTS[:2], hints, [0, 1])
     torch.testing.assert_close(torch.from_numpy(after), torch.from_numpy(before), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_sampling_compile_builds_a_compiled_pipeline_with_the_eager_images(tmp_path):
+    """sampling.compile: true in the config -> UNet and CapFace compiled in place, same images."""
+    from pathlib import Path
+
+    from caphuman.config import load_config
+    from caphuman.loading import build_pipeline
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    eager = build_pipeline(load_config(tiny), tmp_path, "cpu", with_recognizer=False)
+    compiled = build_pipeline(load_config(tiny, {"sampling": {"compile": True}}), tmp_path, "cpu", with_recognizer=False)
+    assert compiled.unet._compiled_call_impl is not None and compiled.capface._compiled_call_impl is not None
+    assert eager.unet._compiled_call_impl is None
+    for pipe in (eager, compiled):
+        pipe.set_progress_bar_config(disable=True)
+        randomize_zero_convolutions(pipe.capface)
+    hints = torch.rand(2, 9, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(
+        torch.from_numpy(sample(compiled, PROMPTS[:2], hints, [0, 1])), torch.from_numpy(sample(eager, PROMPTS[:2], hints, [0, 1])),
+        atol=1e-4, rtol=0,
+    )
