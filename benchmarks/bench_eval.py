@@ -64,8 +64,10 @@ def main() -> None:
         try:
             warm_up = dataclasses.replace(spec, seeds=[0], prompts=spec.prompts[:1], conditions=spec.conditions[:1])
             generate(warm_up, identities, [method], Path(scratch) / "warm-up", context)
-            print(f"device={device} config={args.config} size={config.sampling.height} steps={config.sampling.num_inference_steps} "
-                  f"method={method.name} images={images} threads={torch.get_num_threads()}")
+            print(
+                f"device={device} config={args.config} size={config.sampling.height} steps={config.sampling.num_inference_steps} "
+                f"method={method.name} images={images} threads={torch.get_num_threads()}"
+            )
             print(f"{'batch':>6}{'seconds':>10}{'images/s':>10}")
             rates = {}
             for batch in args.batch_sizes:

@@ -18,6 +18,7 @@ channels_last when both are given); the warm-up call per batch size, which compi
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -154,7 +155,7 @@ def main() -> None:
                 for name, call in (("diffusers ControlNet", run_theirs), ("caphuman", run_ours)):
                     gc.collect()
                     with PeakMemory(device) as memory:
-                        seconds = seconds_per_call(lambda: call(batch), device, args.repeats)
+                        seconds = seconds_per_call(functools.partial(call, batch), device, args.repeats)
                     row[name] = {"seconds_per_call": seconds, "images_per_s": batch / seconds, "peak_mb": memory.peak_mb}
                     print(f"{name:<22}{stage:>15}{batch:>6}{seconds:>10.3f}{batch / seconds:>10.2f}{memory.peak_mb:>10.0f}", flush=True)
                 ratio = row["caphuman"]["images_per_s"] / row["diffusers ControlNet"]["images_per_s"]

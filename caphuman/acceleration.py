@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 def apply_speed_options(pipe, compile: bool = False, channels_last: bool = False) -> None:
     """Apply the options to ``pipe`` (a CapHumanPipeline or any pipeline with a ``unet``, and
     optionally ``capface``, ``controlnet``, ``body_controlnet`` and ``vae``), in place."""
-    per_step = [module for module in (getattr(pipe, name, None) for name in ("unet", "capface", "controlnet", "body_controlnet")) if module is not None]
+    names = ("unet", "capface", "controlnet", "body_controlnet")
+    per_step = [module for module in (getattr(pipe, name, None) for name in names) if module is not None]
     if channels_last:
         for module in [*per_step, getattr(pipe, "vae", None)]:
             if module is not None:

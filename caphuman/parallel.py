@@ -65,6 +65,9 @@ class Part:
         return f"part {self.index}/{self.count}" + (" (torchrun rank)" if self.torchrun else "")
 
 
+# The default of functions that take a part: all of the work, in this one process.
+WHOLE = Part()
+
 _PART_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -89,7 +92,7 @@ def resolve_part(part: str | None) -> Part:
         return parse_part(part)
     if world_size > 1:
         return Part(int(os.environ["RANK"]), world_size, torchrun=True)
-    return Part()
+    return WHOLE
 
 
 def device_for_part(device: torch.device, part: Part) -> torch.device:
@@ -117,4 +120,4 @@ def wait_for_all_ranks(part: Part) -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["BARRIER_TIMEOUT", "Part", "device_for_part", "parse_part", "resolve_part", "wait_for_all_ranks"]
+__all__ = ["BARRIER_TIMEOUT", "WHOLE", "Part", "device_for_part", "parse_part", "resolve_part", "wait_for_all_ranks"]

@@ -39,8 +39,13 @@ def identity_inputs() -> IdentityInputs:
 
 def sample(pipe, prompts, hints: torch.Tensor, seeds: list[int]) -> np.ndarray:
     return pipe(
-        prompts, hints, identity=identity_inputs(), num_inference_steps=3, mask_gating=False,
-        generator=[torch.Generator().manual_seed(seed) for seed in seeds], output_type="np",
+        prompts,
+        hints,
+        identity=identity_inputs(),
+        num_inference_steps=3,
+        mask_gating=False,
+        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        output_type="np",
     ).images
 
 
@@ -121,6 +126,8 @@ def test_sampling_compile_builds_a_compiled_pipeline_with_the_eager_images(tmp_p
         randomize_zero_convolutions(pipe.capface)
     hints = torch.rand(2, 9, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(
-        torch.from_numpy(sample(compiled, PROMPTS[:2], hints, [0, 1])), torch.from_numpy(sample(eager, PROMPTS[:2], hints, [0, 1])),
-        atol=1e-4, rtol=0,
+        torch.from_numpy(sample(compiled, PROMPTS[:2], hints, [0, 1])),
+        torch.from_numpy(sample(eager, PROMPTS[:2], hints, [0, 1])),
+        atol=1e-4,
+        rtol=0,
     )

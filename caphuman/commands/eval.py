@@ -49,15 +49,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-identities", type=int, help="use only the first N identities")
     parser.add_argument("--id-model", default="auto", choices=["auto", "facenet", "arcface", "dlib"], help="evaluation face recogniser (auto: FaceNet, ArcFace, then dlib)")
     parser.add_argument("--clip-model", help="CLIP model folder for CLIP-T (default: <weights>/<model.clip_vision>)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (several prompts, conditions and seeds of one identity; default 1)")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images per pipeline call (several prompts, conditions and seeds of one identity; default 1)"
+    )
     parser.add_argument(
         "--part", metavar="I/N",
-        help="generate and score only part I of N (0-based) of the work, for job arrays; then run once with --merge. Not with torchrun, whose ranks split the work already",
+        help="generate and score only part I of N (0-based) of the work, for job arrays; then run once with --merge. "
+        "Not with torchrun, whose ranks split the work already",
     )
     stages = parser.add_mutually_exclusive_group()
     stages.add_argument("--generate-only", action="store_true", help="generate, do not score")
     stages.add_argument("--score-only", action="store_true", help="score and report the images already in --out")
-    stages.add_argument("--merge", action="store_true", help="after all --part jobs: score what is left and write the one report (warns about missing images)")
+    stages.add_argument(
+        "--merge", action="store_true", help="after all --part jobs: score what is left and write the one report (warns about missing images)"
+    )
 
 
 def resolve_methods(names: list[str] | None):
@@ -75,16 +80,16 @@ def resolve_methods(names: list[str] | None):
 
 def run(args: argparse.Namespace) -> int:
     from caphuman.config import load_config
+    from caphuman.errors import CapHumanError
     from caphuman.eval.benchmark import find_identities, load_benchmark
     from caphuman.eval.clip_score import ClipScorer
     from caphuman.eval.identity import resolve_identity_model
     from caphuman.eval.methods import MethodContext
     from caphuman.eval.report import ReportNotes, write_report
-    from caphuman.errors import CapHumanError
     from caphuman.eval.runner import generate, missing_images, owned_units, update_manifest, write_json_atomically
     from caphuman.eval.scoring import Scorer, score_run
     from caphuman.loading import resolve_device
-    from caphuman.parallel import Part, device_for_part, resolve_part, wait_for_all_ranks
+    from caphuman.parallel import device_for_part, resolve_part, wait_for_all_ranks
 
     started = time.perf_counter()
     if args.batch_size < 1:
@@ -141,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
                 summary["scored_now"] = scored_now
                 missing = missing_images(spec, identities, methods, run_dir)
                 if missing:
-                    logger.warning("%d image(s) of the benchmark are not in %s yet: run the unfinished part(s) again, then --merge.", missing, run_dir)
+                    logger.warning(
+                        "%d image(s) of the benchmark are not in %s yet: run the unfinished part(s) again, then --merge.", missing, run_dir
+                    )
                 notes = ReportNotes(
                     benchmark=spec.name, identities=len(identities), identity_model=identity_model.label, clip=clip.note,
                     head_prior=config.model.head_prior, model_config=str(args.config),

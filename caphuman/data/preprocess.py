@@ -46,7 +46,7 @@ from caphuman.config import CapHumanConfig, load_config
 from caphuman.data.records import CLIP_CROP_SIZE, FaceRecord, head_params_to_arrays, record_key
 from caphuman.data.shards import INDEX_FILE, REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, read_index, write_bytes_atomically
 from caphuman.errors import CapHumanError, ConfigError, InputImageError
-from caphuman.parallel import Part
+from caphuman.parallel import WHOLE, Part
 
 logger = logging.getLogger(__name__)
 
@@ -452,7 +452,7 @@ def preprocess_folder(
     progress: bool = True,
     stop_after: Optional[int] = None,
     on_result: Optional[Callable[[PhotoResult], None]] = None,
-    part: Part = Part(),
+    part: Part = WHOLE,
 ) -> PreprocessSummary:
     """Turn every photo under ``settings.images`` into records under ``settings.out``.
 

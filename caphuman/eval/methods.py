@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ class MethodSpec:
     description: str
     generate_batch: BatchMethodFn | None = None
 
-    def generate_requests(self, requests: list[GenerationRequest], context: "MethodContext") -> list[list[Image.Image]]:
+    def generate_requests(self, requests: list[GenerationRequest], context: MethodContext) -> list[list[Image.Image]]:
         """Images of several requests of one identity: one call of a batch method, else one call per request."""
         if self.generate_batch is not None:
             return self.generate_batch(requests, context)
@@ -114,7 +114,7 @@ def register_batch_method(name: str, description: str) -> Callable[[BatchMethodF
     identity) to the registry; single requests go through it as a batch of one."""
 
     def decorate(fn: BatchMethodFn) -> BatchMethodFn:
-        def one(request: GenerationRequest, context: "MethodContext") -> list[Image.Image]:
+        def one(request: GenerationRequest, context: MethodContext) -> list[Image.Image]:
             return fn([request], context)[0]
 
         METHODS[name] = MethodSpec(name, one, description, generate_batch=fn)

@@ -43,7 +43,7 @@ from caphuman.config import config_to_dict
 from caphuman.errors import ConfigError
 from caphuman.eval.benchmark import BenchmarkSpec, HeadCondition, Identity, PromptSpec
 from caphuman.eval.methods import GenerationRequest, MethodContext, MethodSpec
-from caphuman.parallel import Part
+from caphuman.parallel import WHOLE, Part
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def _versions() -> dict:
 
 def generate(
     spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, context: MethodContext,
-    batch_size: int = 1, part: Part = Part(), progress: bool = False,
+    batch_size: int = 1, part: Part = WHOLE, progress: bool = False,
 ) -> list[GenerationSummary]:
     """Generate every missing image of ``part``'s blocks (see the module docstring for the layout).
 
@@ -293,7 +293,8 @@ def generate(
     summaries = []
     for method in methods:
         generated, skipped, seconds = counts[method.name]
-        logger.info("%s: generated %d image(s), %d already there (%.1f s)%s.", method.name, generated, skipped, seconds, "" if part.whole else f" [{part}]")
+        where = "" if part.whole else f" [{part}]"
+        logger.info("%s: generated %d image(s), %d already there (%.1f s)%s.", method.name, generated, skipped, seconds, where)
         summaries.append(GenerationSummary(method.name, generated, skipped, seconds))
     return summaries
 

@@ -37,7 +37,7 @@ from caphuman.eval.head_metrics import HeadErrors, head_errors
 from caphuman.eval.identity import IdentityModel, cosine_similarity
 from caphuman.eval.methods import MethodContext, MethodSpec
 from caphuman.eval.runner import WorkUnit, image_path, method_folder, unit_key, work_units
-from caphuman.parallel import Part
+from caphuman.parallel import WHOLE, Part
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def cache_files(run_dir: Path, method: str) -> list[Path]:
 
 def score_run(
     spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, scorer: Scorer,
-    part: Part = Part(), owned: set[tuple[str, str]] | None = None,
+    part: Part = WHOLE, owned: set[tuple[str, str]] | None = None,
 ) -> tuple[list[ImageScore], dict[str, int]]:
     """Score every generated image of ``methods`` (cached units are reused).
 
