@@ -9,7 +9,6 @@ whose message names the key. The resolved config is saved next to every output
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +17,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from caphuman._resources import shipped_root
+
+# The checks live in caphuman.checks (shared with the command-line flags); re-exported here.
+from caphuman.checks import check_choice, check_finite, check_positive, check_range, check_seed
 from caphuman.errors import ConfigError
+from caphuman.outputs import write_text_atomically
 
 BACKBONES = ("sd15", "tiny")
 FACE_RECOGNIZERS = ("facenet", "arcface", "dlib", "tiny")
@@ -32,14 +35,6 @@ FACENET_CROPS = ("mtcnn", "mesh")
 PHOTO_FITS = ("squash", "pad")
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{value}'.")
-
-
-def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
 
 
 @dataclass
@@ -61,7 +56,12 @@ class TinyModelConfig:
     def __post_init__(self) -> None:
         if len(self.block_out_channels) < 1:
             raise ConfigError("model.tiny.block_out_channels must list at least one width.")
+        for name in ("layers_per_block", "cross_attention_dim", "attention_head_dim", "norm_num_groups", "text_hidden_size",
+                     "vision_hidden_size", "vision_image_size", "vision_patch_size"):
+            check_positive(f"model.tiny.{name}", getattr(self, name))
+        check_seed("model.tiny.init_seed", self.init_seed)
         for width in self.block_out_channels:
+            check_positive("model.tiny.block_out_channels", width)
             if width % self.norm_num_groups:
                 raise ConfigError(
                     f"model.tiny.block_out_channels {tuple(self.block_out_channels)} must be multiples of norm_num_groups {self.norm_num_groups}."
@@ -160,17 +160,19 @@ class SamplingConfig:
         check_positive("sampling.guidance_scale", self.guidance_scale, allow_zero=True)
         check_positive("sampling.capface_strength", self.capface_strength, allow_zero=True)
         check_positive("sampling.num_images", self.num_images)
-        check_positive("sampling.eta", self.eta, allow_zero=True)
+        # DDIM's eta interpolates between deterministic (0) and DDPM-like (1) sampling.
+        check_range("sampling.eta", self.eta, 0.0, 1.0)
+        check_seed("sampling.seed", self.seed)
         check_positive("sampling.body_control_strength", self.body_control_strength, allow_zero=True)
         body_modes = [m.strip() for m in self.body_modes.split(",") if m.strip()]
         if not body_modes or any(m not in ("face", "body", "hand") for m in body_modes):
             raise ConfigError(f"sampling.body_modes must be a comma list of face, body, hand, got '{self.body_modes}'.")
         if self.identity_guidance_scale is not None:
             check_positive("sampling.identity_guidance_scale", self.identity_guidance_scale, allow_zero=True)
-        if not 0 <= self.tau <= 1000:
-            raise ConfigError(f"sampling.tau must be a timestep in [0, 1000], got {self.tau}.")
+        check_range("sampling.tau", self.tau, 0, 1000)
         for name in ("height", "width"):
             value = getattr(self, name)
+            check_finite(f"sampling.{name}", value)
             if value <= 0 or value % 8:
                 raise ConfigError(f"sampling.{name} must be a positive multiple of 8, got {value}.")
 
@@ -253,6 +255,55 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
     raise ConfigError(f"Config file '{path}' does not exist.")
 
 
+def _yaml_loader():
+    try:
+        from omegaconf._utils import get_yaml_loader
+
+        return get_yaml_loader()
+    except ImportError:  # a private helper; plain SafeLoader if it moves
+        import yaml
+
+        return yaml.SafeLoader
+
+
+def load_yaml_mapping(path: str | os.PathLike, what: str = "config file"):
+    """Read a YAML file that must hold a mapping (omegaconf DictConfig), with one-sentence errors
+    naming the file for what users really hand us: a binary file, broken YAML, a list, a folder.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a YAML mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"The {what} '{path}' is a folder, not a YAML file.") from None
+    except FileNotFoundError:
+        raise ConfigError(f"The {what} '{path}' does not exist.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"The {what} '{path}' is not a text file (it looks binary); give a YAML file.") from None
+    except OSError as error:
+        raise ConfigError(f"Cannot read the {what} '{path}' ({error.strerror}).") from None
+    try:
+        # omegaconf's loader is a yaml.SafeLoader (a YAML tag never constructs a Python object)
+        # that also reads 1e-4 as a float, as OmegaConf.load does.
+        data = yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"The {what} '{path}' is not valid YAML{where} ({getattr(error, 'problem', None) or 'parse error'}).") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"The {what} '{path}' must hold a mapping of settings (key: value), not a {type(data).__name__}.")
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"The {what} '{path}' cannot be used: {str(error).splitlines()[0]}") from None
+
+
 def load_structured(
     schema: type,
     path: str | os.PathLike | None = None,
@@ -275,7 +326,7 @@ def load_structured(
         merged = OmegaConf.structured(schema)
         if path is not None:
             path = resolve_config_path(path)
-            loaded = OmegaConf.load(path)
+            loaded = load_yaml_mapping(path)
             for section in other_sections:
                 loaded.pop(section, None)
             merged = OmegaConf.merge(merged, loaded)
@@ -309,10 +360,7 @@ def save_config(config: Any, path: str | os.PathLike, extra: dict | None = None)
         data = {**data, **extra}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(OmegaConf.to_yaml(OmegaConf.create(data)))
-    os.replace(tmp, path)
+    write_text_atomically(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 __all__ = [

@@ -300,7 +300,8 @@ class CapHumanSession:
 
     def head(self, photo: Photo, face_index: int = 0) -> HeadParams:
         """Head parameters (B = 1) of one face; the hint frame is the fitted square photo."""
-        return self.head_prior.reconstruct(self.head_input(photo), face_index=face_index)
+        # The photo's name goes into errors (a pose photo without a face says which file).
+        return self.head_prior.reconstruct(self.head_input(photo), face_index=face_index, source=self._source(photo))
 
     def hint(self, params: HeadParams, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """(B, 9, height, width) hint: rendered square at the longer side, then centre-cropped

@@ -109,12 +109,20 @@ class BodyKeypointDetector:
     def __init__(self, hands: bool = True, min_visibility: float = DEFAULT_MIN_VISIBILITY):
         import mediapipe as mp
 
+        from caphuman.quiet import native_stderr_silenced, open_mediapipe_solution
+
+        # mediapipe's C++ logs go straight to stderr: silenced in CLI runs (caphuman.quiet).
+        self._quiet = native_stderr_silenced
         self.min_visibility = float(min_visibility)
         # model_complexity=1 is the "full" pose model, the one whose .tflite ships in the wheel
         # (0 and 2 would be fetched from the network on first use).
-        self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5)
+        self._pose = open_mediapipe_solution(
+            lambda: mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5)
+        )
         self._hands = (
-            mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=2, model_complexity=1, min_detection_confidence=0.5)
+            open_mediapipe_solution(
+                lambda: mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=2, model_complexity=1, min_detection_confidence=0.5)
+            )
             if hands
             else None
         )
@@ -124,7 +132,8 @@ class BodyKeypointDetector:
         image = _check_image(image)
         height, width = image.shape[:2]
         body = np.full((NUM_BODY_POINTS, 2), np.nan, dtype=np.float32)
-        result = self._pose.process(image)
+        with self._quiet():
+            result = self._pose.process(image)
         if result.pose_landmarks is not None:
             points = result.pose_landmarks.landmark
             landmarks = np.array([[p.x, p.y] for p in points], dtype=np.float32)
@@ -132,7 +141,8 @@ class BodyKeypointDetector:
             body = openpose_body_from_blazepose(landmarks, visibility, self.min_visibility)
         hands: list[np.ndarray] = []
         if self._hands is not None:
-            found = self._hands.process(image)
+            with self._quiet():
+                found = self._hands.process(image)
             for hand in found.multi_hand_landmarks or []:
                 hands.append(np.array([[p.x, p.y] for p in hand.landmark], dtype=np.float32))
         return BodyKeypoints(body=body, hands=hands, image_size=(height, width))
@@ -141,7 +151,8 @@ class BodyKeypointDetector:
         """Release the mediapipe graphs (idempotent)."""
         for graph in (self._pose, self._hands):
             if graph is not None:
-                graph.close()
+                with self._quiet():
+                    graph.close()
         self._pose = self._hands = None
 
     def __enter__(self) -> "BodyKeypointDetector":

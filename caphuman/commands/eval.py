@@ -4,7 +4,8 @@ Generates every (method, identity, prompt, head condition, seed) image that is n
 then scores all of them (identity similarity, CLIP-T, prompt accuracy, head-coefficient RMSE,
 head-pose error, face detection rate, diversity across seeds) and writes --out/report/:
 per_image.csv, summary.csv, per_condition.csv, table.md, two plots and a sample grid per identity.
-A rerun skips finished images and reuses their cached scores.
+A rerun skips finished images and reuses their cached scores. --out must be new, empty or an
+earlier eval run; one process at a time writes it.
 
 Many GPUs: under torchrun every rank generates and scores its own share (``--batch-size`` images
 per pipeline call), then rank 0 writes the one report. As separate jobs (a SLURM array, say),
@@ -25,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from caphuman.checks import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior (used for hints and for re-estimation)")
-    parser.add_argument("--steps", type=int, help="override sampling.num_inference_steps")
-    parser.add_argument("--max-identities", type=int, help="use only the first N identities")
+    parser.add_argument("--steps", type=positive_int(), help="override sampling.num_inference_steps")
+    parser.add_argument("--max-identities", type=positive_int(), help="use only the first N identities")
     parser.add_argument("--id-model", default="auto", choices=["auto", "facenet", "arcface", "dlib"], help="evaluation face recogniser (auto: FaceNet, ArcFace, then dlib)")
     parser.add_argument("--clip-model", help="CLIP model folder for CLIP-T (default: <weights>/<model.clip_vision>)")
     parser.add_argument(
@@ -78,7 +82,44 @@ def resolve_methods(names: list[str] | None):
     return [get_method(name) for name in expanded]
 
 
+# What an eval run writes into --out (and last_run.<part>.json per part of a split run).
+RUN_ENTRIES = ("manifest.json", "last_run.json", "images", "scores", "report")
+
+
+def prepare_output_folder(args: argparse.Namespace):
+    """Own --out for this run (see caphuman.outputs): new, empty or an earlier eval run (which
+    is resumed); a folder of other files is refused. A whole run or a --merge writes it alone;
+    the parts of a split run (torchrun ranks, --part jobs) write disjoint images and share it."""
+    from caphuman.outputs import claim_folder
+    from caphuman.parallel import resolve_part
+
+    return claim_folder(
+        args.out, "eval", existing="",
+        # An eval run from before owner markers: its manifest says so (eval writes only RUN_ENTRIES).
+        adopt=lambda folder, entries: "manifest.json" in entries,
+        shared=not resolve_part(args.part).whole,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    from caphuman.config import load_config
+    from caphuman.eval.benchmark import find_identities, load_benchmark
+    from caphuman.eval.runner import MANIFEST, check_identity_photos, read_manifest
+
+    # Settings and inputs are checked before the folder is claimed and before any model loads.
+    spec = load_benchmark(args.benchmark)
+    load_config(args.config)
+    limit = args.max_identities if args.max_identities is not None else spec.max_identities
+    identities = find_identities(args.identities, spec.default_subject, limit)
+    resolve_methods(args.method)
+    manifest_path = Path(args.out) / MANIFEST
+    if manifest_path.is_file():
+        check_identity_photos(read_manifest(manifest_path).get("identities", {}), identities, manifest_path)
+    with prepare_output_folder(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from caphuman.config import load_config
     from caphuman.errors import CapHumanError
     from caphuman.eval.benchmark import find_identities, load_benchmark
@@ -108,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
     methods = resolve_methods(args.method)
     device = device_for_part(resolve_device(args.device), part)
     run_dir = Path(args.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     logger.info(
         "%s: %d identities x %d prompts x %d conditions x %d seeds = %d images per method; methods: %s",
         spec.name, len(identities), len(spec.prompts), len(spec.conditions), len(spec.seeds),
@@ -160,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         context.close()
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    summary["command"] = " ".join(sys.argv)
+    summary["command"] = getattr(args, "command_line", None) or shlex.join(sys.argv)
     write_json_atomically(summary, run_dir / ("last_run.json" if reports else f"last_run.{part.tag}.json"))
     logger.info("Done in %.1f s; see %s", summary["seconds"], run_dir / "report" / "table.md")
     return 0

@@ -1,6 +1,7 @@
 """Write exactly what the model sees for a photo, to see why an identity or a pose came out wrong.
 
-Into --out (only these files; existing files of these names are replaced):
+Into --out, a new or empty folder or an earlier inspect's (only these files; an earlier inspect's
+files of these names are replaced; a folder holding other files is refused):
   facenet_input.png     FaceNet's 160 x 160 input before prewhitening (recogniser_input.png for
                         ArcFace/dlib): for the published config, facenet-pytorch MTCNN's crop
   clip_input.png        CLIP's 224 x 224 input, non-face pixels white
@@ -74,7 +75,19 @@ def head_params_json(params) -> dict:
     return {name: (value if isinstance(value, str) else np.round(value.detach().float().cpu().numpy(), 6).tolist()) for name, value in values.items()}
 
 
+# What inspect writes (a folder holding only these counts as an earlier inspect's).
+INSPECT_FILES = (r"[a-z_]+_input\.png", r"parsing_mask\.png", r"head_params\.json", r"hint_[a-z]+\.png", r"inspect\.json")
+
+
 def run(args: argparse.Namespace) -> int:
+    from caphuman.outputs import claim_folder, names_match
+
+    # Its own folder only (see caphuman.outputs): an earlier inspect's is reused, anything else refused.
+    with claim_folder(args.out, "inspect", existing="", adopt=lambda folder, entries: names_match(entries, INSPECT_FILES)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from caphuman.config import load_config
     from caphuman.faces.images import load_image
     from caphuman.head.params import parse_modes, set_pose, transfer
@@ -86,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     photo = load_image(args.ref)
     driver = load_image(args.pose_ref) if args.pose_ref else None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     skipped: dict[str, str] = {}
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from caphuman.checks import positive_int
 from caphuman.errors import InputImageError
 
 logger = logging.getLogger(__name__)
@@ -31,13 +32,13 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of photos (searched recursively)")
-    parser.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to create or resume")
+    parser.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to create or resume (a folder of other files is refused)")
     parser.add_argument("--captions", metavar="FILE", help="jsonl ({\"file\": ..., \"caption\": ...}) or csv (file,caption); file is relative to --images or a file name")
     parser.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model config: which face recogniser and head prior")
     parser.add_argument("--weights", default="checkpoints", help="folder with the weights files (recogniser, DECA, BiSeNet)")
-    parser.add_argument("--image-size", type=int, default=512, help="stored side of the aligned image, mask and hint (default 512)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes, each with its own models (default 1)")
-    parser.add_argument("--shard-size", type=int, default=1000, help="records per shard (default 1000)")
+    parser.add_argument("--image-size", type=positive_int(), default=512, help="stored side of the aligned image, mask and hint (default 512)")
+    parser.add_argument("--workers", type=positive_int(), default=1, help="parallel processes, each with its own models (default 1)")
+    parser.add_argument("--shard-size", type=positive_int(), default=1000, help="records per shard (default 1000)")
     parser.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior of --config")
     parser.add_argument("--device", default="cpu", help="torch device for the models: cpu, cuda, cuda:N or auto")
     parser.add_argument("--retry-failed", action="store_true", help="process again photos skipped earlier as unreadable or without a face")

@@ -2,7 +2,9 @@
 
 Writes image_000.png..., hint.png (a preview of the 9-channel head condition: normals, albedo,
 shaded render) and config.yaml (every setting, so the run can be repeated) into --out; with
---body-control-strength > 0 also body_map.png, the OpenPose ControlNet's map.
+--body-control-strength > 0 also body_map.png, the OpenPose ControlNet's map. A folder holding
+files of anything else is refused; one holding an earlier sample run is replaced only with
+--overwrite, which removes exactly the files that run wrote.
 
 Examples:
   caphuman sample --config configs/tiny.yaml --ref face.jpg --prompt "a photo of a person" --out outputs/tiny
@@ -14,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import shlex
 import sys
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image
+from caphuman.checks import positive_float, positive_int, ranged_float, seed_flag
+from caphuman.errors import CapHumanError, InputImageError
 
-from caphuman.config import CapHumanConfig, load_config, save_config
-from caphuman.errors import CapHumanError
+if TYPE_CHECKING:  # heavy imports wait until run(): `caphuman --help` answers at once
+    from caphuman.config import CapHumanConfig
+    from caphuman.outputs import OwnedFolder
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--negative-prompt", default=None, help="what to avoid (default from config: '')")
     inputs.add_argument("--pose-ref", metavar="PATH", help="photo whose head conditions (see --modes) are transferred")
     inputs.add_argument("--modes", default="position,pose", help="conditions taken from --pose-ref: position, pose, expression, lighting, all (comma list)")
-    inputs.add_argument("--yaw", type=float, help="head yaw in degrees (positive turns the nose to the image's right)")
-    inputs.add_argument("--pitch", type=float, help="head pitch in degrees (positive tilts the nose down)")
-    inputs.add_argument("--roll", type=float, help="head roll in degrees (positive turns the head counter-clockwise)")
-    inputs.add_argument("--face-index", type=int, default=0, help="which face when a photo has several (0 = largest)")
+    inputs.add_argument("--yaw", type=ranged_float(-180, 180), help="head yaw in degrees (positive: the nose turns to the image's right)")
+    inputs.add_argument("--pitch", type=ranged_float(-180, 180), help="head pitch in degrees (positive tilts the nose down)")
+    inputs.add_argument("--roll", type=ranged_float(-180, 180), help="head roll in degrees (positive: counter-clockwise)")
+    face_index = positive_int(allow_zero=True)
+    inputs.add_argument("--face-index", type=face_index, default=0, help="which face in --ref when a photo has several (0 = largest)")
+    inputs.add_argument("--pose-face-index", type=face_index, default=0, help="which face in --pose-ref when it has several (0 = largest)")
     inputs.add_argument(
         "--person",
         nargs="+",
@@ -59,26 +65,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     model.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="override sampling.dtype")
     sampling = parser.add_argument_group("sampling (defaults from --config)")
-    sampling.add_argument("--num-images", type=int)
-    sampling.add_argument("--height", type=int, help="image height in pixels (multiple of 8)")
-    sampling.add_argument("--width", type=int, help="image width in pixels (multiple of 8)")
-    sampling.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic, as published)")
-    sampling.add_argument("--steps", type=int, help="denoising steps")
-    sampling.add_argument("--guidance-scale", type=float)
-    sampling.add_argument("--identity-guidance-scale", type=float)
-    sampling.add_argument("--capface-strength", type=float)
-    sampling.add_argument("--tau", type=int)
+    sampling.add_argument("--num-images", type=positive_int())
+    sampling.add_argument("--height", type=positive_int(), help="image height in pixels (multiple of 8)")
+    sampling.add_argument("--width", type=positive_int(), help="image width in pixels (multiple of 8)")
+    sampling.add_argument("--eta", type=ranged_float(0.0, 1.0), help="DDIM eta (0 = deterministic, as published)")
+    sampling.add_argument("--steps", type=positive_int(), help="denoising steps")
+    sampling.add_argument("--guidance-scale", type=positive_float(allow_zero=True))
+    sampling.add_argument("--identity-guidance-scale", type=positive_float(allow_zero=True))
+    sampling.add_argument("--capface-strength", type=positive_float(allow_zero=True))
+    sampling.add_argument("--tau", type=positive_int(allow_zero=True), help="identity tokens are zeroed above this timestep (0..1000)")
     sampling.add_argument("--scheduler", help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, unipc")
-    sampling.add_argument("--seed", type=int)
+    sampling.add_argument("--seed", type=seed_flag())
     sampling.add_argument("--no-mask-gating", action="store_true", help="do not gate CapFace by its predicted face mask")
     from caphuman.body.options import add_body_arguments
 
     add_body_arguments(parser)
-    parser.add_argument("--out", default="outputs/sample", help="output folder")
+    parser.add_argument("--out", default="outputs/sample", help="output folder (new, empty, or an earlier sample run with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier sample run in --out (only the files it wrote are removed)")
 
 
 def config_from_args(args: argparse.Namespace) -> CapHumanConfig:
     """The --config file with the command-line flags that were given on top."""
+    from caphuman.config import load_config
+
     sampling = {
         "num_images": args.num_images,
         "height": args.height,
@@ -128,20 +137,88 @@ def parse_people(specs: list[list[str]] | None) -> list[tuple[str, str | None, t
     return people
 
 
-def save_png_atomically(image: Image.Image, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+# What a sample run writes; a folder holding only these (written before owner markers existed)
+# counts as an earlier sample run.
+SAMPLE_FILES = (r"image_\d{3,}\.png", r"hint\.png", r"hint_person\d+\.png", r"body_map\.png", r"config\.yaml")
+
+
+def prepare_output_folder(args: argparse.Namespace) -> OwnedFolder:
+    """Claim --out before anything slow: refuse a file, a folder of other files, a folder another
+    process is writing, or an earlier sample run without --overwrite."""
+    from caphuman.outputs import claim_folder, names_match
+
+    return claim_folder(
+        args.out, "sample",
+        existing="pass --overwrite to replace its images", allow_existing=args.overwrite,
+        adopt=lambda folder, entries: names_match(entries, SAMPLE_FILES) and _is_sample_config(folder / "config.yaml"),
+    )
+
+
+def _is_sample_config(path: Path) -> bool:
+    """config.yaml as `caphuman sample` writes it (so a lone image_000.png of the user's is not
+    taken for ours, and never removed by --overwrite)."""
+    from caphuman.config import load_yaml_mapping
+    from caphuman.errors import ConfigError
+
+    if not path.is_file():
+        return False
+    try:
+        settings = load_yaml_mapping(path)
+    except ConfigError:
+        return False
+    return "sampling" in settings and "prompt" in (settings.get("run") or {})
+
+
+def check_input_files(args: argparse.Namespace) -> None:
+    """A missing photo is reported in a second, before the models load."""
+    people = [path for spec in args.person or [] for path in spec[:2]]  # --person REF [POSE [MODES]]
+    for path in [*args.ref, *([args.pose_ref] if args.pose_ref else []), *people]:
+        if not Path(path).is_file():
+            raise InputImageError(f"Input image '{path}' does not exist." if not Path(path).exists() else f"Input image '{path}' is not a file.")
+
+
+def write_outputs(
+    owned: OwnedFolder, images: list, hint_image, config: CapHumanConfig, run_facts: dict, extra_images: dict | None = None
+) -> list[str]:
+    """Write images, hint.png, ``extra_images`` ({file name: PIL image}, e.g. body_map.png) and
+    config.yaml into the claimed folder, after removing (with --overwrite) exactly the files the
+    earlier run there recorded; record the new ones."""
+    from caphuman.config import save_config
+    from caphuman.outputs import remove_recorded_files, save_image_atomically
+
+    removed = remove_recorded_files(owned)
+    if removed:
+        logger.info("Removed %d file(s) of the earlier run in %s (--overwrite).", len(removed), owned.path)
+    pictures = {f"image_{index:03d}.png": image for index, image in enumerate(images)}
+    pictures["hint.png"] = hint_image
+    pictures.update(extra_images or {})
+    names = [*pictures, "config.yaml"]
+    # Recorded first: a crash part-way still leaves a marker that lists every file we may have written.
+    owned.add_files(names)
+    for name, image in pictures.items():
+        save_image_atomically(image, owned.path / name)
+    save_config(config, owned.path / "config.yaml", extra=run_facts)
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
+    # Typos, bad settings and an unusable --out fail here, in well under a second.
+    check_input_files(args)
+    config = config_from_args(args)
+    with prepare_output_folder(args) as owned:
+        return _run(args, owned, config)
+
+
+def _run(args: argparse.Namespace, owned: OwnedFolder, config: CapHumanConfig) -> int:
+    from PIL import Image
+
+    from caphuman.conditions.text import join_prompt, warn_if_truncated
+    from caphuman.faces.detection import select_face
     from caphuman.head.hint import hint_preview
-    from caphuman.head.params import parse_modes, set_pose, transfer
+    from caphuman.head.params import parse_modes, set_pose, transfer, untested_pose
     from caphuman.body.condition import BODY_MAP_FILE, body_map_for_run, check_body_inputs
     from caphuman.session import CapHumanSession
 
-    config = config_from_args(args)
     modes = parse_modes(args.modes) if args.pose_ref else ()
     # Read every input before loading any model, so a typo fails in a second.
     others = parse_people(args.person)
@@ -160,9 +237,15 @@ def run(args: argparse.Namespace) -> int:
         references = [face for path in args.ref for face in session.reference_faces(path, args.face_index)]
         params = session.head(args.ref[0], face_index=args.face_index)
         if args.pose_ref:
-            params = transfer(params, session.head(args.pose_ref, face_index=args.face_index), modes)
+            # Picked (and announced) here, in the frame the head prior sees, so an error names
+            # the pose photo and its own flag.
+            select_face(session.detector.detect(session.head_input(args.pose_ref)), args.pose_face_index, args.pose_ref, flag="--pose-face-index")
+            params = transfer(params, session.head(args.pose_ref, face_index=args.pose_face_index), modes)
         if any(angle is not None for angle in (args.yaw, args.pitch, args.roll)):
             params = set_pose(params, args.yaw, args.pitch, args.roll)
+        warning = untested_pose(params, config.model.head_prior)
+        if warning:
+            logger.warning("%s", warning)
         other_params = []
         for ref, pose, person_modes in others:
             head = session.head(ref, face_index=args.face_index)
@@ -182,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         # in the head prior's frame (the photo squashed or padded to a square), as the hint is.
         pose_photo = session.head_input(args.pose_ref if args.pose_ref else args.ref[0])
         body_map = body_map_for_run(config, ready_body_map, pose_photo, session.head_prior, params)
+        warn_if_truncated([join_prompt(args.prompt, args.a_prompt)], session.pipeline.tokenizer)
         if others:  # one CapFace pass per person (caphuman.conditions.people)
             from caphuman.conditions.people import PersonCondition
 
@@ -193,18 +277,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             output = session.generate(args.prompt, references, head_hint, a_prompt=args.a_prompt, body_map=body_map)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(output.images):
-        save_png_atomically(image, out / f"image_{index:03d}.png")
-    save_png_atomically(hint_preview(head_hint), out / "hint.png")
-    for number, hint in enumerate(other_hints, start=2):
-        save_png_atomically(hint_preview(hint), out / f"hint_person{number}.png")
-    if body_map is not None:
-        save_png_atomically(Image.fromarray(body_map), out / BODY_MAP_FILE)
     run_facts = {
         "run": {
-            "command": " ".join(sys.argv),
+            # Set by caphuman.cli: quoted, so it can be pasted back into a shell.
+            "command": getattr(args, "command_line", None) or shlex.join(sys.argv),
             "prompt": args.prompt,
             "a_prompt": args.a_prompt,
             "references": [str(Path(path).resolve()) for path in args.ref],
@@ -213,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
             "modes": list(modes),
             "yaw": args.yaw, "pitch": args.pitch, "roll": args.roll,
             "face_index": args.face_index,
+            "pose_face_index": args.pose_face_index,
             "weights": str(Path(args.weights).resolve()),
             "device": str(device),
             "head_rotation_degrees": [round(float(v), 3) for v in params.rotation[0].tolist()],
@@ -222,6 +299,9 @@ def run(args: argparse.Namespace) -> int:
             ],
         }
     }
-    save_config(config, out / "config.yaml", extra=run_facts)
-    logger.info("Wrote %d image(s), hint.png and config.yaml to %s", len(output.images), out)
+    extra_images = {f"hint_person{number}.png": hint_preview(hint) for number, hint in enumerate(other_hints, start=2)}
+    if body_map is not None:
+        extra_images[BODY_MAP_FILE] = Image.fromarray(body_map)
+    write_outputs(owned, output.images, hint_preview(head_hint), config, run_facts, extra_images)
+    logger.info("Wrote %d image(s), hint.png and config.yaml to %s", len(output.images), owned.path)
     return 0

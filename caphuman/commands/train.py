@@ -2,7 +2,9 @@
 
 Writes into training.output_dir: config.yaml (the resolved config and the command line),
 checkpoints/ (last.ckpt + every training.checkpoint_every steps), logs/ (TensorBoard + CSV),
-samples/ (validation grids) and adapter/ (the export that `caphuman sample` loads).
+samples/ (validation grids) and adapter/ (the export that `caphuman sample` loads). A new run
+needs a new or empty folder; a folder holding a run is continued only with --resume, and one
+holding anything else is refused. One process at a time writes a run folder.
 
 Examples:
   caphuman train --config configs/tiny_train.yaml
@@ -15,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from caphuman.errors import CapHumanError, ConfigError
-from caphuman.training.config import TrainConfig, load_train_config
+
+if TYPE_CHECKING:  # torch and the training stack load in run(): `caphuman --help` answers at once
+    from caphuman.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,45 @@ def resolve_resume(config: TrainConfig, paths: RunPaths) -> Path | None:
     path = paths.checkpoints / LAST_CHECKPOINT if resume == "last" else Path(resume)
     if not path.is_file():
         raise CapHumanError(f"Cannot resume: checkpoint '{path}' does not exist.")
+    check_checkpoint_file(path)
     return path
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """A torch checkpoint is a zip archive whose directory sits at the end of the file, so a
+    truncated copy (a disk that filled up, an interrupted transfer) fails here in a moment,
+    with the file's name, rather than deep inside Lightning after the models have loaded."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CapHumanError(f"Checkpoint '{path}' is damaged or truncated ({error}); use an earlier checkpoint in {path.parent}.") from None
+
+
+# What a run writes into training.output_dir.
+RUN_ENTRIES = ("config.yaml", "checkpoints", "logs", "samples", "adapter")
+
+
+def claim_run_folder(config: TrainConfig, resuming: bool):
+    """Own training.output_dir for this run (see caphuman.outputs): a new run needs a new or
+    empty folder, --resume needs an earlier run's; a folder of other files is refused; one
+    process at a time (ranks other than 0 of a distributed run write under rank 0's lock)."""
+    import contextlib
+
+    from caphuman.outputs import claim_folder, is_secondary_rank
+
+    if is_secondary_rank():
+        return contextlib.nullcontext()
+    return claim_folder(
+        config.training.output_dir, "train",
+        existing="pass --resume to continue it", allow_existing=resuming,
+        new_folder_hint="set training.output_dir to a new folder",
+        # A run folder from before owner markers: its config.yaml and checkpoints/ (the user's own
+        # extra files in it are never touched: train writes only the names in RUN_ENTRIES).
+        adopt=lambda folder, entries: {"config.yaml", "checkpoints"} <= set(entries),
+    )
 
 
 def default_datasets(config: TrainConfig, image_processor) -> tuple[Any, Callable[[list[dict]], dict], dict[str, Any]]:
@@ -116,6 +157,8 @@ def build_strategy(config: TrainConfig):
 
 
 def check_config(config: TrainConfig) -> None:
+    import torch
+
     training = config.training
     if training.strategy == "fsdp" and training.ema.enabled:
         raise ConfigError("training.ema.enabled is not supported with training.strategy=fsdp (sharded parameters); use ddp.")
@@ -141,17 +184,34 @@ def train(
         extra_callbacks: more Lightning callbacks (e.g. to record losses).
         backbone: a prebuilt frozen backbone (default: built from model.* and training.weights_dir).
         command: the command line, saved in config.yaml.
+    Raises:
+        CapHumanError: a bad config, or an output folder that is not this run's to write
+            (see :func:`claim_run_folder`).
     """
+    check_config(config)
+    resume_from = resolve_resume(config, RunPaths(Path(config.training.output_dir)))
+    with claim_run_folder(config, resuming=resume_from is not None):
+        return _train(config, datasets, extra_callbacks, backbone, command)
+
+
+def _train(
+    config: TrainConfig,
+    datasets: tuple[Any, Callable[[list[dict]], dict], dict[str, Any] | None] | None = None,
+    extra_callbacks: Sequence[Any] = (),
+    backbone=None,
+    command: str | None = None,
+):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from caphuman.config import CapHumanConfig, save_config
     from caphuman.loading import load_adapter, load_backbone
+    from caphuman.quiet import quiet_lightning
     from caphuman.training.callbacks import EMACallback, ExportCallback, ValidationSamplesCallback
     from caphuman.training.module import CapHumanTrainingModule, ResumableBatches
 
-    check_config(config)
+    quiet_lightning()
     training = config.training
     paths = RunPaths(Path(training.output_dir))
     resume_from = resolve_resume(config, paths)
@@ -214,7 +274,7 @@ def train(
         limit_val_batches=0,
     )
     if trainer.is_global_zero:
-        facts = {"run": {"command": command or " ".join(sys.argv), "resumed_from": str(resume_from) if resume_from else None}}
+        facts = {"run": {"command": command or shlex.join(sys.argv), "resumed_from": str(resume_from) if resume_from else None}}
         save_config(config, paths.root / "config.yaml", extra=facts)
     with warnings.catch_warnings():
         # The frozen backbone is in eval mode on purpose (see CapHumanTrainingModule.train).
@@ -239,16 +299,22 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"Overrides must look like key=value; got {bad[0]!r}.")
     if args.resume:
         overrides.append("training.resume=last")
+    from caphuman.training.config import load_train_config
+
     config = load_train_config(args.config, overrides)
     if args.export_only:
-        from caphuman.training.export import export_checkpoint
-
         paths = RunPaths(Path(config.training.output_dir))
         checkpoint = paths.checkpoints / LAST_CHECKPOINT
         if not checkpoint.is_file():
             raise CapHumanError(f"Nothing to export: '{checkpoint}' does not exist.")
-        export_checkpoint(checkpoint, paths.adapter, config)
+        check_checkpoint_file(checkpoint)
+        # The export writes adapter/ inside the run: it takes the run's lock (a resumed run
+        # writing at the same time is refused) but needs no --resume.
+        with claim_run_folder(config, resuming=True):
+            from caphuman.training.export import export_checkpoint
+
+            export_checkpoint(checkpoint, paths.adapter, config)
         return 0
-    train(config, command=" ".join(["caphuman", "train", *sys.argv[2:]]) if sys.argv else None)
+    train(config, command=getattr(args, "command_line", None) or shlex.join(sys.argv))
     logger.info("Training done; the adapter is in %s", Path(config.training.output_dir) / "adapter")
     return 0

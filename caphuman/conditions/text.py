@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def warn_if_truncated(prompts: list[str], tokenizer: CLIPTokenizer) -> list[str]:
+    """Warn about each prompt longer than the text encoder reads (77 tokens for CLIP, start and
+    end tokens included): the rest is cut off silently otherwise. Returns those prompts."""
+    limit = tokenizer.model_max_length
+    # verbose=False: transformers' own "sequence length is longer" line would repeat ours.
+    lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False, verbose=False).input_ids]
+    long = [prompt for prompt, length in zip(prompts, lengths, strict=True) if length > limit]
+    for prompt, length in zip(prompts, lengths, strict=True):
+        if length > limit:
+            kept = tokenizer.decode(tokenizer(prompt, truncation=True, max_length=limit).input_ids[1:-1])
+            logger.warning(
+                "The prompt is %d tokens long but the text encoder reads only %d; everything after '...%s' is ignored.",
+                length, limit, kept[-40:],
+            )
+    return long
 
 
 def encode_prompts(prompts: list[str], tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> torch.Tensor:

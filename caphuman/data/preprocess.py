@@ -28,6 +28,7 @@ photos under ``DATASET/parts/part-iii-of-nnn/`` and reads nothing of the other p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -393,7 +394,9 @@ def read_dataset_settings(root: str | os.PathLike) -> dict | None:
     path = Path(root) / SETTINGS_FILE
     if not path.is_file():
         return None
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    from caphuman.config import load_yaml_mapping
+
+    return OmegaConf.to_container(load_yaml_mapping(path, "dataset settings file"), resolve=True)
 
 
 def _check_or_write_settings(out: Path, settings: dict) -> None:
@@ -468,9 +471,36 @@ def preprocess_folder(
     Returns:
         The run's :class:`PreprocessSummary` (also written to report.json).
     Raises:
-        CapHumanError: missing images folder/captions/weights, or settings that differ from
-            the existing dataset's.
+        CapHumanError: missing images folder/captions/weights, settings that differ from the
+            existing dataset's, an --out folder that is not a caphuman dataset, or another
+            process writing the same dataset (see :func:`claim_dataset_folder`).
     """
+    with claim_dataset_folder(settings.out, part):
+        return _preprocess_locked(settings, progress, stop_after, on_result, part)
+
+
+def claim_dataset_folder(out: str | os.PathLike, part: Part = WHOLE) -> contextlib.ExitStack:
+    """Own the dataset folder for this run (a context manager): a new or empty folder, or one
+    of our datasets; anything else is refused, so photos are never mixed into another writer's
+    shards and no foreign file is removed. A whole run holds the dataset's lock alone; the parts
+    of a split run (torchrun ranks, --part jobs) share it and each holds its own part folder's
+    lock alone, so a whole run or a merge cannot start while parts write, nor two runs of a part."""
+    from caphuman.data.shards import claim_dataset
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(claim_dataset(out, shared=not part.whole))
+    if not part.whole:
+        stack.enter_context(claim_dataset(Path(out) / PARTS_DIR / part.tag))
+    return stack
+
+
+def _preprocess_locked(
+    settings: PreprocessSettings,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_result: Callable[[PhotoResult], None] | None = None,
+    part: Part = WHOLE,
+) -> PreprocessSummary:
     started = time.perf_counter()
     images, out = Path(settings.images), Path(settings.out)
     captions_path = Path(settings.captions) if settings.captions else None
@@ -615,9 +645,16 @@ def merge_parts(out: str | os.PathLike) -> int:
     Returns:
         The number of records in the merged dataset.
     Raises:
-        CapHumanError: no parts, or parts made with differing settings.
+        CapHumanError: no parts, or parts made with differing settings, or parts still writing
+            (the merge holds the dataset's lock alone).
     """
-    out = Path(out)
+    from caphuman.data.shards import claim_dataset
+
+    with claim_dataset(out):
+        return _merge_parts_locked(Path(out))
+
+
+def _merge_parts_locked(out: Path) -> int:
     folders = sorted(path for path in (out / PARTS_DIR).glob("part-*-of-*") if path.is_dir()) if (out / PARTS_DIR).is_dir() else []
     if not folders:
         raise CapHumanError(f"No parts to merge under {out / PARTS_DIR}; run preprocess with --part i/N (or under torchrun) first.")

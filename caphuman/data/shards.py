@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from caphuman.data.records import RECORD_SUFFIXES, FaceRecord
+from caphuman.errors import CapHumanError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,10 @@ def _parse_index(path: Path) -> tuple[list[IndexEntry], int]:
                 fields = json.loads(line)
                 entries.append(IndexEntry(str(fields["key"]), str(fields["shard"]), str(fields["source"]), str(fields["caption"])))
             except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path} line {len(entries) + 1} is not a valid index entry ({error}).") from None
+                raise CapHumanError(
+                    f"{path} line {len(entries) + 1} is not a valid index entry ({error}); the dataset was edited or damaged, "
+                    "so make it again into a new --out folder."
+                ) from None
         good_length += len(line)
     return entries, good_length
 
@@ -83,13 +87,34 @@ def shard_path(root: str | os.PathLike, number: int) -> Path:
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
-    with open(tmp, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
+    from caphuman.outputs import write_bytes_atomically as write
+
+    write(path, data)
+
+
+def _is_dataset_layout(folder: Path, entries: list[str]) -> bool:
+    """A dataset written before owner markers existed: only our file names, and our settings or
+    index file present (a folder of someone else's tar files does not qualify)."""
+    from caphuman.outputs import names_match
+
+    if not (INDEX_FILE in entries or SETTINGS_FILE in entries):
+        return False
+    if not names_match(entries, [re.escape(name) for name in (INDEX_FILE, SHARDS_DIR, REPORT_FILE, SETTINGS_FILE, "parts")]):
+        return False
+    shards = folder / SHARDS_DIR
+    return not shards.exists() or (
+        shards.is_dir() and names_match([p.name for p in shards.iterdir()], [_SHARD_PATTERN.pattern, re.escape(_TMP_PREFIX) + r".+"])
+    )
+
+
+def claim_dataset(root: str | os.PathLike, shared: bool = False):
+    """Claim ``root`` as a dataset folder (see :mod:`caphuman.outputs`); returns the
+    :class:`~caphuman.outputs.OwnedFolder`, a context manager that holds the write lock.
+    An existing dataset is continued (reruns resume); any other non-empty folder is refused.
+    ``shared``: the parts of one split run hold the lock together (see caphuman.data.preprocess)."""
+    from caphuman.outputs import claim_folder
+
+    return claim_folder(root, "preprocess", existing="", new_folder_hint="choose a new --out folder", adopt=_is_dataset_layout, shared=shared)
 
 
 class ShardWriter:
@@ -202,7 +227,11 @@ class ShardWriter:
         self._tar = tarfile.open(self._tmp_path, mode="w", format=tarfile.USTAR_FORMAT)
 
     def _repair(self) -> None:
-        """Undo what an interrupted run left: temporary shards, a torn index line, unindexed shards."""
+        """Undo what an interrupted run left: temporary shards, a torn index line, index lines
+        naming records their shard lacks, unindexed shards.
+
+        Only safe for the one writer of the dataset: `caphuman preprocess` holds the dataset's
+        lock (:func:`claim_dataset`), so every temporary shard here is a dead run's."""
         for leftover in (self.root / SHARDS_DIR).glob(f"{_TMP_PREFIX}*"):
             logger.info("Removing %s left by an interrupted run.", leftover)
             leftover.unlink()
@@ -213,6 +242,7 @@ class ShardWriter:
             if good_length != index.stat().st_size:
                 with open(index, "rb+") as stream:
                     stream.truncate(good_length)
+            entries = self._drop_unbacked_entries(entries)
         # A shard renamed into place whose index lines were never written (a crash between the
         # two steps) is not part of the dataset; its photos are redone, so it is removed.
         referenced = {entry.shard for entry in entries}
@@ -220,6 +250,33 @@ class ShardWriter:
             if f"{SHARDS_DIR}/{path.name}" not in referenced:
                 logger.warning("Removing %s: no index entry refers to it (an interrupted run).", path)
                 path.unlink()
+
+    def _drop_unbacked_entries(self, entries: list[IndexEntry]) -> list[IndexEntry]:
+        """Index lines whose record is not in its shard (two writers at once, before datasets had
+        a lock, or a hand edit) are removed from the index, so a rerun processes those photos
+        again instead of training failing later on a missing record."""
+        by_shard: dict[str, set[str]] = {}
+        for entry in entries:
+            by_shard.setdefault(entry.shard, set()).add(entry.key)
+        missing: set[tuple[str, str]] = set()
+        for shard, keys in by_shard.items():
+            path = self.root / shard
+            try:
+                with ShardReader(path) as reader:
+                    present = set(reader.keys())
+            except (OSError, tarfile.TarError):
+                present = set()
+            missing.update((shard, key) for key in keys - present)
+        if not missing:
+            return entries
+        kept = [entry for entry in entries if (entry.shard, entry.key) not in missing]
+        logger.warning(
+            "%s names %d record(s) that their shards do not hold (e.g. '%s'); removed them from the index, their photos are processed again.",
+            self.root / INDEX_FILE, len(missing), sorted(missing)[0][1],
+        )
+        lines = "".join(json.dumps(asdict(entry), ensure_ascii=False) + "\n" for entry in kept)
+        write_bytes_atomically(self.root / INDEX_FILE, lines.encode("utf-8"))
+        return kept
 
     def _next_free_number(self) -> int:
         numbers = [int(match.group(1)) for path in (self.root / SHARDS_DIR).iterdir() if (match := _SHARD_PATTERN.match(path.name))]
@@ -276,7 +333,11 @@ class ShardReader:
         for suffix in suffixes:
             member = self._members.get(f"{key}.{suffix}")
             if member is None:
-                raise KeyError(f"{self.path} has no member '{key}.{suffix}'.")
+                # The index names a record its shard lacks (two writers at once before datasets
+                # had a lock, or a hand edit): a rerun of preprocess repairs it (ShardWriter._repair).
+                raise CapHumanError(
+                    f"{self.path} has no member '{key}.{suffix}'; run `caphuman preprocess` with the same --out again to repair the dataset."
+                )
             files[suffix] = self._tar.extractfile(member).read()
         return files
 

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
+from caphuman.checks import check_range, check_seed
 from caphuman.config import load_structured
 from caphuman.errors import ConfigError, InputImageError
 from caphuman.head.params import HeadParams, parse_modes, set_pose, transfer
@@ -125,6 +124,8 @@ class BenchmarkSpec:
             raise ConfigError(f"Benchmark '{self.name}' lists no head conditions.")
         if not self.seeds:
             raise ConfigError(f"Benchmark '{self.name}' lists no seeds.")
+        for seed in self.seeds:
+            check_seed(f"Benchmark '{self.name}' seed", seed)
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"Benchmark '{self.name}' repeats a seed: {list(self.seeds)}.")
         prompt_ids = [prompt.prompt_id for prompt in self.prompts]
@@ -135,6 +136,10 @@ class BenchmarkSpec:
         for condition in self.conditions:
             if not condition.name or slugify(condition.name) != condition.name.lower():
                 raise ConfigError(f"Head condition name '{condition.name}' must be non-empty and use only letters, digits, '-', '+' and '_'.")
+            for axis in ("yaw", "pitch", "roll"):
+                angle = getattr(condition, axis)
+                if angle is not None:
+                    check_range(f"Head condition '{condition.name}' {axis}", angle, -180.0, 180.0)
             if condition.driver is None and all(a is None for a in (condition.yaw, condition.pitch, condition.roll)):
                 logger.debug("Head condition '%s' keeps the reference's own head.", condition.name)
             if condition.driver is not None:
@@ -204,7 +209,11 @@ def find_identities(folder: str | Path, default_subject: str = "person", limit: 
     subjects: dict = {}
     subjects_path = folder / SUBJECTS_FILE
     if subjects_path.is_file():
-        subjects = yaml.safe_load(subjects_path.read_text(encoding="utf-8")) or {}
+        from omegaconf import OmegaConf
+
+        from caphuman.config import load_yaml_mapping
+
+        subjects = OmegaConf.to_container(load_yaml_mapping(subjects_path, "subjects file"))
         if not isinstance(subjects, dict) or not all(isinstance(v, str) for v in subjects.values()):
             raise ConfigError(f"{subjects_path} must map photo names (without extension) to a word such as 'man' or 'woman'.")
     identities: list[Identity] = []

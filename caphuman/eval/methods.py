@@ -123,6 +123,24 @@ def register_batch_method(name: str, description: str) -> Callable[[BatchMethodF
     return decorate
 
 
+
+def check_hook_signature(name: str, fn) -> None:
+    """A hook is called as ``fn(request, context)``; say so before any model loads, not with a
+    TypeError after the first identity was prepared."""
+    import inspect
+
+    if not callable(fn):
+        raise CapHumanError(f"Method hook '{name}' is not a function (got {type(fn).__name__}).")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature to check
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise CapHumanError(f"Method hook '{name}' must take (request, context), but its signature is {signature}.") from None
+
+
 def get_method(name: str) -> MethodSpec:
     """A registered method, or ``package.module:function`` imported as a hook.
 
@@ -135,8 +153,9 @@ def get_method(name: str) -> MethodSpec:
         module_name, _, attribute = name.partition(":")
         try:
             fn = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as error:
+        except (ImportError, AttributeError, SyntaxError) as error:
             raise CapHumanError(f"Cannot import method hook '{name}': {error}.") from None
+        check_hook_signature(name, fn)
         return MethodSpec(name, fn, (fn.__doc__ or name).strip().splitlines()[0])
     raise CapHumanError(f"Unknown method '{name}'; choose from {', '.join(METHODS)} or give package.module:function.")
 

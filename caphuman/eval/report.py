@@ -31,6 +31,7 @@ from PIL import Image
 from caphuman.eval.benchmark import BenchmarkSpec, Identity
 from caphuman.eval.runner import image_path
 from caphuman.eval.scoring import SCORE_COLUMNS, ImageScore
+from caphuman.outputs import atomic_path, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ def _cell(value) -> str:
 
 
 def write_csv(path: Path, columns: tuple[str, ...], records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as stream:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(columns)
         for record in records:
@@ -178,7 +178,8 @@ def plot_pose_error(path: Path, conditions: list[dict], methods: list[str], spec
     axes.set_ylabel("head-pose error (degrees)")
     axes.set_title("Head-pose error per condition (bars at 0: no face detected)")
     axes.legend(fontsize=8)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100)
 
 
 def plot_identity_vs_yaw(path: Path, rows: list[ImageScore], methods: list[str]) -> None:
@@ -197,7 +198,8 @@ def plot_identity_vs_yaw(path: Path, rows: list[ImageScore], methods: list[str])
     axes.set_ylabel("identity similarity (cosine)")
     axes.set_title("Identity similarity against yaw (mean over pitch, prompts, seeds)")
     axes.legend(fontsize=8)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100)
 
 
 def sample_grid(path: Path, run_dir: Path, identity: Identity, reference: np.ndarray, methods: list[str], spec: BenchmarkSpec) -> None:
@@ -225,7 +227,8 @@ def sample_grid(path: Path, run_dir: Path, identity: Identity, reference: np.nda
             if row == 0:
                 axes.set_title(condition.name, fontsize=6)
     figure.suptitle(f"{identity.identity_id}: \"{prompt.render(identity.subject)}\", seed {seed}", fontsize=8)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100)
 
 
 def write_report(
@@ -249,7 +252,7 @@ def write_report(
     write_csv(files["per_image"], SCORE_COLUMNS, [asdict(r) for r in rows])
     write_csv(files["summary"], SUMMARY_COLUMNS, summaries)
     write_csv(files["per_condition"], CONDITION_COLUMNS, conditions)
-    files["table"].write_text(markdown_table(summaries, notes), encoding="utf-8")
+    write_text_atomically(files["table"], markdown_table(summaries, notes))
     plot_pose_error(files["pose_plot"], conditions, methods, spec)
     plot_identity_vs_yaw(files["identity_plot"], rows, methods)
     for identity in identities:

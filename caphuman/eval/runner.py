@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,8 @@ from caphuman.config import config_to_dict
 from caphuman.errors import ConfigError
 from caphuman.eval.benchmark import BenchmarkSpec, HeadCondition, Identity, PromptSpec
 from caphuman.eval.methods import GenerationRequest, MethodContext, MethodSpec
+from caphuman.outputs import save_image_atomically
+from caphuman.outputs import write_json_atomically as write_json
 from caphuman.parallel import WHOLE, Part
 
 logger = logging.getLogger(__name__)
@@ -140,23 +140,11 @@ def missing_images(spec: BenchmarkSpec, identities: list[Identity], methods: lis
 
 def write_png_atomically(image: Image.Image, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename (atomic on one file system)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_image_atomically(image, path)
 
 
 def write_json_atomically(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def method_settings(context: MethodContext, method: MethodSpec) -> dict:
@@ -179,6 +167,43 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def read_manifest(path: Path) -> dict:
+    """RUN/manifest.json; a damaged one is a user error naming the file (it decides whether
+    images are reused, so it is never guessed at)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"The run manifest '{path}' is damaged ({error}); restore it or use a new --out.") from None
+    sections = ("conditions", "prompts", "methods", "identities")
+    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(key, {}), dict) for key in sections):
+        raise ConfigError(f"The run manifest '{path}' is damaged (not the layout caphuman eval writes); restore it or use a new --out.")
+    return manifest
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_identity_photos(recorded: dict, identities: list[Identity], manifest_path: Path) -> None:
+    """Images are stored by identity name; a photo replaced under the same name would silently
+    reuse images of the old person, so a changed photo is refused (its content is recorded)."""
+    for identity in identities:
+        earlier = recorded.get(identity.identity_id)
+        if not isinstance(earlier, dict) or "sha256" not in earlier:
+            continue
+        if earlier["sha256"] != file_digest(identity.path):
+            raise ConfigError(
+                f"The photo of identity '{identity.identity_id}' ({identity.path}) is not the one this run's images were made from "
+                f"(see {manifest_path}); use a new --out, or rename the photo to make it a new identity."
+            )
+
+
 def update_manifest(
     run_dir: Path, spec: BenchmarkSpec, benchmark_path: str, identities: list[Identity], context: MethodContext, methods: list[MethodSpec],
     write: bool = True,
@@ -193,7 +218,7 @@ def update_manifest(
             of the same name had other values.
     """
     path = run_dir / MANIFEST
-    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    manifest = read_manifest(path) if path.is_file() else {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
     conditions = manifest.setdefault("conditions", {})
     for condition in spec.conditions:
         values = condition.values()
@@ -214,7 +239,10 @@ def update_manifest(
             )
         recorded.setdefault(method.name, {"settings": settings, "description": method.description})
     manifest["benchmark"] = {"name": spec.name, "file": str(Path(benchmark_path).resolve()), "seeds": list(spec.seeds)}
-    manifest.setdefault("identities", {}).update({i.identity_id: {"path": str(i.path.resolve()), "subject": i.subject} for i in identities})
+    check_identity_photos(manifest.setdefault("identities", {}), identities, path)
+    manifest["identities"].update(
+        {i.identity_id: {"path": str(i.path.resolve()), "subject": i.subject, "sha256": file_digest(i.path)} for i in identities}
+    )
     manifest["device"] = str(context.device)
     manifest["versions"] = _versions()
     if write:

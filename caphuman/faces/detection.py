@@ -134,23 +134,31 @@ class FaceDetector:
         # Imported here so that importing caphuman.faces (for types) does not load TFLite.
         import mediapipe as mp
 
+        from caphuman.quiet import native_stderr_silenced, open_mediapipe_solution
+
+        # mediapipe's C++ logs (TFLite delegate, absl) go straight to stderr: silenced in CLI runs.
+        self._quiet = native_stderr_silenced
         self.max_faces = max_faces
         self.min_confidence = min_confidence
         self.min_face_size = min_face_size
-        self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=_FULL_RANGE_MODEL, min_detection_confidence=min_confidence
+        self._detector = open_mediapipe_solution(
+            lambda: mp.solutions.face_detection.FaceDetection(model_selection=_FULL_RANGE_MODEL, min_detection_confidence=min_confidence)
         )
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True,
-            refine_landmarks=True,
-            max_num_faces=max_faces,
-            min_detection_confidence=min_confidence,
+        self._mesh = open_mediapipe_solution(
+            lambda: mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True,
+                refine_landmarks=True,
+                max_num_faces=max_faces,
+                min_detection_confidence=min_confidence,
+            )
         )
-        self._crop_mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True,
-            refine_landmarks=True,
-            max_num_faces=1,
-            min_detection_confidence=min_confidence,
+        self._crop_mesh = open_mediapipe_solution(
+            lambda: mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True,
+                refine_landmarks=True,
+                max_num_faces=1,
+                min_detection_confidence=min_confidence,
+            )
         )
         self._closed = False
 
@@ -201,9 +209,10 @@ class FaceDetector:
     def close(self) -> None:
         """Release the mediapipe graphs (idempotent)."""
         if not self._closed:
-            self._detector.close()
-            self._mesh.close()
-            self._crop_mesh.close()
+            with self._quiet():  # graph threads flush their last log lines while closing
+                self._detector.close()
+                self._mesh.close()
+                self._crop_mesh.close()
             self._closed = True
 
     def __enter__(self) -> FaceDetector:
@@ -242,7 +251,8 @@ class FaceDetector:
     ) -> list[tuple[tuple[float, float, float, float], float]]:
         """Detections inside one tile, in whole-image pixels."""
         tile = np.ascontiguousarray(image[y0 : y0 + tile_height, x0 : x0 + tile_width])
-        result = self._detector.process(tile)
+        with self._quiet():
+            result = self._detector.process(tile)
         found = []
         for detection in result.detections or []:
             relative = detection.location_data.relative_bounding_box
@@ -258,8 +268,11 @@ class FaceDetector:
     @staticmethod
     def _mesh_points(mesh, image: np.ndarray) -> list[np.ndarray]:
         """Run a mediapipe FaceMesh graph; (478, 3) float32 pixel-scale points per face."""
+        from caphuman.quiet import native_stderr_silenced
+
         height, width = image.shape[:2]
-        result = mesh.process(image)
+        with native_stderr_silenced():
+            result = mesh.process(image)
         faces = []
         for face_landmarks in result.multi_face_landmarks or []:
             normalised = np.array([(p.x, p.y, p.z) for p in face_landmarks.landmark], dtype=np.float64)
@@ -313,13 +326,16 @@ def detect_faces(image: np.ndarray, max_faces: int = 5) -> list[DetectedFace]:
         return detector.detect(image)
 
 
-def select_face(faces: list[DetectedFace], face_index: int, source: str) -> DetectedFace:
+def select_face(faces: list[DetectedFace], face_index: int, source: str, announce: bool = True, flag: str = "--face-index") -> DetectedFace:
     """Pick one face of a photo, with user-facing errors.
 
     Args:
         faces: detector output, largest first.
         face_index: which face to use (0 = the largest).
         source: how to name the photo in messages (usually its path).
+        announce: log which face was used when there are several (off where the caller
+            already did, so the line appears once per photo).
+        flag: the option that picks the face, named in messages.
     Raises:
         InputImageError: no face, or ``face_index`` out of range.
     """
@@ -328,16 +344,17 @@ def select_face(faces: list[DetectedFace], face_index: int, source: str) -> Dete
     if not 0 <= face_index < len(faces):
         raise InputImageError(
             f"Face index {face_index} is out of range for {source}, which has {len(faces)} "
-            f"face{'s' if len(faces) != 1 else ''} (use --face-index 0 to {len(faces) - 1})."
+            f"face{'s' if len(faces) != 1 else ''} (use {flag} 0 to {len(faces) - 1})."
         )
-    if len(faces) > 1:
+    if len(faces) > 1 and announce:
         which = "the largest" if face_index == 0 else f"number {face_index} by size, 0 being the largest"
         logger.info(
-            "Found %d faces in %s; using face %d (%s). Use --face-index to pick another.",
+            "Found %d faces in %s; using face %d (%s). Use %s to pick another.",
             len(faces),
             source,
             face_index,
             which,
+            flag,
         )
     return faces[face_index]
 

@@ -237,7 +237,8 @@ class BuiltinHeadPrior(HeadPrior):
             raise InputImageError(f"{source} is not an RGB uint8 image (got {getattr(image, 'shape', type(image))}).")
         if self._detector is None:
             self._detector = FaceDetector(max_faces=5)
-        face = select_face(self._detector.detect(image), face_index, source)
+        # The caller announced the face choice when it picked the face (logged once per photo).
+        face = select_face(self._detector.detect(image), face_index, source, announce=False)
         return self.reconstruct_from_landmarks(face.landmarks, image)
 
     def reconstruct_from_landmarks(self, landmarks: np.ndarray, image: np.ndarray) -> HeadParams:

@@ -424,7 +424,7 @@ class DecaHeadPrior(HeadPrior):
         """(B, 3, 224, 224) RGB crops in [0, 1] -> :class:`DecaCode`."""
         return DecaCode.from_vector(self.encoder(crops.to(self.device, torch.float32)))
 
-    def reconstruct(self, image: np.ndarray, face_index: int = 0) -> HeadParams:
+    def reconstruct(self, image: np.ndarray, face_index: int = 0, source: str = "the input photo") -> HeadParams:
         """DECA reconstruction of one face (B = 1); tensors on this prior's device.
 
         Raises:
@@ -433,7 +433,8 @@ class DecaHeadPrior(HeadPrior):
         from caphuman.faces.detection import select_face
 
         working = self.working_image(image)
-        face = select_face(self.detector.detect(working), face_index, "the photo")
+        # The caller announced the face choice when it picked the face (logged once per photo).
+        face = select_face(self.detector.detect(working), face_index, source, announce=False)
         window = crop_window_from_face(face.box, face.landmarks, self.working_size)
         crop = crop_face(working.astype(np.float32) / 255.0, window)
         code = self.encode(torch.from_numpy(crop).permute(2, 0, 1)[None])

@@ -97,6 +97,27 @@ def transfer(reference: HeadParams, driver: HeadParams, modes: str | list[str] |
     return out
 
 
+# Head angles (degrees) the built-in prior was measured on (README, "Head priors"): renders at
+# yaw -45..45 read back within a few degrees, in-plane roll +-20 within 0.6; beyond that untested.
+BUILTIN_TESTED_DEGREES = {"yaw": 45.0, "roll": 20.0}
+
+
+def untested_pose(params: HeadParams, backend: str) -> str | None:
+    """A sentence when the head's angles lie outside the range the ``backend`` prior was tested
+    on (only the built-in prior has a stated range), else None."""
+    if backend != "builtin":
+        return None
+    angles = dict(zip(("yaw", "pitch", "roll"), (float(v) for v in params.rotation[0]), strict=True))
+    outside = [f"{axis} {angles[axis]:.0f}" for axis, limit in BUILTIN_TESTED_DEGREES.items() if abs(angles[axis]) > limit]
+    if not outside:
+        return None
+    tested = ", ".join(f"{axis} +-{limit:.0f}" for axis, limit in BUILTIN_TESTED_DEGREES.items())
+    return (
+        f"The head pose ({', '.join(outside)} degrees) is outside the range the built-in head prior was tested on ({tested}); "
+        "the hint may not match the requested pose (--head-prior deca covers stronger turns)."
+    )
+
+
 def set_pose(params: HeadParams, yaw: float | None = None, pitch: float | None = None, roll: float | None = None) -> HeadParams:
     """Return a copy with the given angles (degrees) replaced; ``None`` keeps the reconstructed one."""
     out = params.clone()

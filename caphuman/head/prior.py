@@ -66,10 +66,11 @@ class HeadPrior(ABC):
     name: str
 
     @abstractmethod
-    def reconstruct(self, image: np.ndarray, face_index: int = 0) -> HeadParams:
+    def reconstruct(self, image: np.ndarray, face_index: int = 0, source: str = "the input photo") -> HeadParams:
         """Reconstruct the head of one face in an RGB uint8 (H, W, 3) photo (B = 1).
 
-        Raises caphuman.errors.InputImageError when no face is found.
+        ``source`` names the photo in error messages (its path, so an error about the pose photo
+        says which file). Raises caphuman.errors.InputImageError when no face is found.
         """
 
     @abstractmethod

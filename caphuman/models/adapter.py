@@ -28,6 +28,30 @@ from caphuman.models.identity_encoder import IdentityEncoder
 
 ADAPTER_FORMAT_VERSION = 1
 METADATA_FILE = "caphuman.json"
+# Everything an adapter directory may hold (sample_config.yaml: a training export's). Replacing
+# a directory that holds anything else would delete the user's files, so that is refused.
+ADAPTER_ENTRIES = frozenset({METADATA_FILE, "capface", "identity_encoder", "sample_config.yaml"})
+
+
+def check_replaceable(directory: str | os.PathLike) -> None:
+    """Raise CapHumanError unless ``directory`` is absent, empty, or an adapter directory
+    holding only adapter files (which :meth:`CapHumanAdapter.save_pretrained` replaces whole)."""
+    from caphuman.outputs import BOOKKEEPING, OutputFolderError
+
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise OutputFolderError(f"'{directory}' is a file, not a folder; choose a new folder for the adapter.")
+    entries = {entry.name for entry in directory.iterdir()} - set(BOOKKEEPING)
+    if not entries:
+        return
+    if METADATA_FILE not in entries or entries - ADAPTER_ENTRIES:
+        others = sorted(entries - ADAPTER_ENTRIES) or sorted(entries)
+        raise OutputFolderError(
+            f"'{directory}' holds files that are not part of a CapHuman adapter ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); choose a new, empty folder (caphuman never deletes files it did not write)."
+        )
 
 
 class CapHumanAdapter(nn.Module):
@@ -77,8 +101,16 @@ class CapHumanAdapter(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, metadata: dict | None = None) -> None:
         """Write the adapter as safetensors + JSON configs. The write is atomic: a crash leaves
-        either the old directory or the new one, never a mix."""
+        either the old directory or the new one, never a mix.
+
+        Raises:
+            CapHumanError: ``directory`` holds files other than an adapter's (see
+                :func:`check_replaceable`); they are never deleted.
+        """
+        from caphuman.outputs import file_mode, folder_mode
+
         directory = Path(directory)
+        check_replaceable(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp"))
         try:
@@ -86,6 +118,12 @@ class CapHumanAdapter(nn.Module):
             self.identity_encoder.save_pretrained(staging / "identity_encoder", safe_serialization=True)
             info = {"format_version": ADAPTER_FORMAT_VERSION, **(metadata or {})}
             (staging / METADATA_FILE).write_text(json.dumps(info, indent=2, sort_keys=True), encoding="utf-8")
+            # mkdtemp makes the folder 0700 (and some writers make files 0600): give everything
+            # the modes the user's umask asks for, as a plain mkdir/open would.
+            for root, _folders, files in os.walk(staging):
+                os.chmod(root, folder_mode())
+                for name in files:
+                    os.chmod(os.path.join(root, name), file_mode())
             if directory.exists():
                 retired = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old"))
                 os.replace(directory, retired / "adapter")

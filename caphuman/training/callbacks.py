@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from caphuman.conditions.identity import IdentityInputs
 from caphuman.models.adapter import CapHumanAdapter
+from caphuman.outputs import save_image_atomically
 from caphuman.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -93,11 +93,7 @@ def trained_weights(trainer: pl.Trainer, adapter: CapHumanAdapter) -> contextlib
 
 
 def save_png_atomically(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    save_image_atomically(image, path)
 
 
 def sample_grid(columns: list[torch.Tensor]) -> Image.Image:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,14 @@ def adapter_from_checkpoint(checkpoint_path: str | os.PathLike, use_ema: bool | 
     path = Path(checkpoint_path)
     if not path.is_file():
         raise CapHumanError(f"Checkpoint '{path}' does not exist.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refused an object that is not plain data: never unpickle it.
+        raise CapHumanError(f"'{path}' holds objects that are not plain tensors; it is not a checkpoint written by `caphuman train`.") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        # A truncated or damaged file (torch's zip reader raises RuntimeError).
+        raise CapHumanError(f"Cannot read checkpoint '{path}' ({str(error).splitlines()[0]}); it is damaged or truncated.") from None
     if CHECKPOINT_ADAPTER_CONFIG_KEY not in checkpoint:
         raise CapHumanError(f"'{path}' is not a checkpoint written by `caphuman train` (no adapter config in it).")
     configs = checkpoint[CHECKPOINT_ADAPTER_CONFIG_KEY]
