@@ -56,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        # argparse has printed usage and its one-line error (a bad flag: exit 2) or the help
+        # (exit 0); returned, so main() answers every user error the same way.
+        return int(exit_request.code or 0)
     # What config.yaml records: the command as typed, quoted so it can be pasted back into a shell.
     args.command_line = shlex.join(["caphuman", *argv])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
