@@ -212,11 +212,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, owned: OwnedFolder, config: CapHumanConfig) -> int:
     from PIL import Image
 
+    from caphuman.body.condition import BODY_MAP_FILE, body_map_for_run, check_body_inputs
     from caphuman.conditions.text import join_prompt, warn_if_truncated
     from caphuman.faces.detection import select_face
     from caphuman.head.hint import hint_preview
     from caphuman.head.params import parse_modes, set_pose, transfer, untested_pose
-    from caphuman.body.condition import BODY_MAP_FILE, body_map_for_run, check_body_inputs
     from caphuman.session import CapHumanSession
 
     modes = parse_modes(args.modes) if args.pose_ref else ()
