@@ -171,8 +171,8 @@ def _is_sample_config(path: Path) -> bool:
 
 def check_input_files(args: argparse.Namespace) -> None:
     """A missing photo is reported in a second, before the models load."""
-    people = [path for spec in args.person or [] for path in spec[:2]]  # --person REF [POSE [MODES]]
-    for path in [*args.ref, *([args.pose_ref] if args.pose_ref else []), *people]:
+    # (--person photos are read in _run, after their REF [POSE [MODES]] shape is checked.)
+    for path in [*args.ref, *([args.pose_ref] if args.pose_ref else [])]:
         if not Path(path).is_file():
             raise InputImageError(f"Input image '{path}' does not exist." if not Path(path).exists() else f"Input image '{path}' is not a file.")
 
