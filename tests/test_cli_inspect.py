@@ -93,3 +93,11 @@ def test_inspect_published_config_without_weights_writes_what_needs_no_file(phot
 def test_inspect_missing_photo_is_a_user_error(tmp_path):
     assert main(["inspect", "--config", TINY, "--ref", str(tmp_path / "none.jpg"), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_inspect_pose_photo_without_a_face_names_the_file(photo, tmp_path, caplog):
+    pose = tmp_path / "coffee_cup.png"
+    Image.fromarray(data.coffee()).save(pose)
+    code = main(["inspect", "--config", TINY, "--ref", str(photo), "--pose-ref", str(pose), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert any("No face found in" in record.getMessage() and "coffee_cup.png" in record.getMessage() for record in caplog.records)

@@ -134,6 +134,9 @@ def _run(args: argparse.Namespace) -> int:
         try:
             params = session.head(photo, face_index=args.face_index)
             if driver is not None:
+                # Detect here, naming the file: the head prior only sees an array (a pose photo
+                # without a face must say which file it is).
+                session.detect(driver, args.face_index, args.pose_ref)
                 params = transfer(params, session.head(driver, face_index=args.face_index), modes)
             if any(angle is not None for angle in (args.yaw, args.pitch, args.roll)):
                 params = set_pose(params, args.yaw, args.pitch, args.roll)
