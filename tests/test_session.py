@@ -145,3 +145,14 @@ def test_preprocess_without_the_configured_parser_file_stops_before_any_photo(as
     with pytest.raises(MissingWeightsError, match="79999_iter.pth"):
         preprocess_folder(settings, progress=False)
     assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_head_of_a_photo_without_a_face_names_the_file(session, tmp_path):
+    """--pose-ref and --person photos reach the head prior first: its error must name the file."""
+    path = tmp_path / "coffee_cup.png"
+    Image.fromarray(data.coffee()).save(path)
+    with pytest.raises(InputImageError, match="coffee_cup.png"):
+        session.head(str(path))
+    with pytest.raises(InputImageError, match="No face found in the photo"):
+        session.head(data.coffee())
