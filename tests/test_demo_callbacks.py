@@ -244,3 +244,15 @@ def test_choosing_a_style_swaps_the_sd_file(tmp_path):
     assert demo.config_for(DEFAULT_STYLE).model.stable_diffusion == demo.base_config.model.stable_diffusion
     with pytest.raises(CapHumanError, match="not an SD 1.5 file"):
         demo.config_for("other.ckpt")
+
+
+def test_progress_follows_the_denoising_steps(backend, photos):
+    """The page's progress bar must move during the denoising loop, not stop at 'Generating'
+    until the images arrive (a 1024 px, 12-image run sat at 10% for minutes)."""
+    reports: list[tuple[float, str]] = []
+    settings = GenerationSettings(seed=5, resolution=256, steps=3)
+    backend.generate([PersonInput(str(photos["face"]))], HeadControls(), settings, progress=lambda f, text: reports.append((f, text)))
+    steps = [(fraction, text) for fraction, text in reports if text.startswith("Step")]
+    assert [text for _, text in steps] == ["Step 1/3", "Step 2/3", "Step 3/3"]
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and 0.1 < steps[0][0] < steps[-1][0] <= 1.0

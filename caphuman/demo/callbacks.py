@@ -415,7 +415,11 @@ class DemoBackend:
         if progress:
             progress(0.1, "Generating")
         body = {"body_map": body_map, "body_control_strength": float(settings.body_control_strength)} if body_map is not None else {}
-        output = self._run(session, settings.prompt, references, hints, settings, **body)
+        # The denoising loop is nearly all the time: move the page's bar with each step.
+        step_progress = None
+        if progress:
+            step_progress = lambda index, _t, _l: progress(0.1 + 0.9 * (index + 1) / settings.steps, f"Step {index + 1}/{settings.steps}")  # noqa: E731
+        output = self._run(session, settings.prompt, references, hints, settings, callback=step_progress, **body)
 
         folder = self._request_dir("images")
         config = dataclasses.replace(
