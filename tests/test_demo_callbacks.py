@@ -256,3 +256,15 @@ def test_progress_follows_the_denoising_steps(backend, photos):
     assert [text for _, text in steps] == ["Step 1/3", "Step 2/3", "Step 3/3"]
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and 0.1 < steps[0][0] < steps[-1][0] <= 1.0
+
+
+def test_no_face_names_the_photo(backend, photos):
+    """The page has up to six photo slots: 'no face in the input photo' must say which one."""
+    from caphuman.demo.app import page_error
+
+    person = PersonInput(str(photos["face"]), pose=str(photos["blank"]))
+    with pytest.raises(CapHumanError) as caught:
+        backend.preview([person], HeadControls())
+    assert str(page_error(caught.value).message) == "No face found in 'blank.png'."
+    with pytest.raises(CapHumanError, match="blank.png"):
+        backend.preview([PersonInput(str(photos["face"]))], HeadControls(look_photo=str(photos["blank"]), look_modes=["lighting"]))
