@@ -268,3 +268,17 @@ def test_no_face_names_the_photo(backend, photos):
     assert str(page_error(caught.value).message) == "No face found in 'blank.png'."
     with pytest.raises(CapHumanError, match="blank.png"):
         backend.preview([PersonInput(str(photos["face"]))], HeadControls(look_photo=str(photos["blank"]), look_modes=["lighting"]))
+
+
+def test_demo_on_a_busy_port_is_one_sentence(caplog):
+    """A port already taken: one sentence and exit code 2 before any model loads, not gradio's traceback."""
+    import socket
+
+    from caphuman.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--config", "configs/tiny.yaml", "--port", str(port), "--device", "cpu"]) == 2
+    assert f"Port {port} on 127.0.0.1 is in use" in caplog.text and "Traceback" not in caplog.text
