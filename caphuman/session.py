@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -339,6 +340,7 @@ class CapHumanSession:
         generator: torch.Generator | list[torch.Generator] | None = None,
         body_map: np.ndarray | torch.Tensor | None = None,
         people: list | None = None,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         **overrides: Any,
     ):
         """Images of the reference person for ``prompt`` with the head in ``hint``.
@@ -355,6 +357,8 @@ class CapHumanSession:
             people: several people instead of ``references`` and ``hint`` (pass None for both): a list
                 of :class:`caphuman.conditions.people.PersonCondition`, each with its own references and
                 hint on the full canvas; one CapFace pass per person, each gated by its own mask.
+            callback: called as callback(step_index, timestep, latents) after each denoising step
+                (the demo moves its progress bar with it).
             overrides: SamplingConfig fields for this call (num_images, num_inference_steps,
                 guidance_scale, capface_strength, mask_gating, tau, eta, seed, negative_prompt...).
         Returns:
@@ -384,6 +388,7 @@ class CapHumanSession:
             body_map=body_map,
             body_control_strength=sampling.body_control_strength,
             people=people,
+            callback=callback,
         )
 
     # ------------------------------------------------------------------ lifetime

@@ -244,3 +244,41 @@ def test_choosing_a_style_swaps_the_sd_file(tmp_path):
     assert demo.config_for(DEFAULT_STYLE).model.stable_diffusion == demo.base_config.model.stable_diffusion
     with pytest.raises(CapHumanError, match="not an SD 1.5 file"):
         demo.config_for("other.ckpt")
+
+
+def test_progress_follows_the_denoising_steps(backend, photos):
+    """The page's progress bar must move during the denoising loop, not stop at 'Generating'
+    until the images arrive (a 1024 px, 12-image run sat at 10% for minutes)."""
+    reports: list[tuple[float, str]] = []
+    settings = GenerationSettings(seed=5, resolution=256, steps=3)
+    backend.generate([PersonInput(str(photos["face"]))], HeadControls(), settings, progress=lambda f, text: reports.append((f, text)))
+    steps = [(fraction, text) for fraction, text in reports if text.startswith("Step")]
+    assert [text for _, text in steps] == ["Step 1/3", "Step 2/3", "Step 3/3"]
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and 0.1 < steps[0][0] < steps[-1][0] <= 1.0
+
+
+def test_no_face_names_the_photo(backend, photos):
+    """The page has up to six photo slots: 'no face in the input photo' must say which one."""
+    from caphuman.demo.app import page_error
+
+    person = PersonInput(str(photos["face"]), pose=str(photos["blank"]))
+    with pytest.raises(CapHumanError) as caught:
+        backend.preview([person], HeadControls())
+    assert str(page_error(caught.value).message) == "No face found in 'blank.png'."
+    with pytest.raises(CapHumanError, match="blank.png"):
+        backend.preview([PersonInput(str(photos["face"]))], HeadControls(look_photo=str(photos["blank"]), look_modes=["lighting"]))
+
+
+def test_demo_on_a_busy_port_is_one_sentence(caplog):
+    """A port already taken: one sentence and exit code 2 before any model loads, not gradio's traceback."""
+    import socket
+
+    from caphuman.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--config", "configs/tiny.yaml", "--port", str(port), "--device", "cpu"]) == 2
+    assert f"Port {port} on 127.0.0.1 is in use" in caplog.text and "Traceback" not in caplog.text

@@ -12,7 +12,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 
 from caphuman.errors import CapHumanError
 
@@ -28,9 +30,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="where results are kept (default: a fresh temporary folder)")
 
 
+def check_address(host: str, port: int) -> None:
+    """Fail with one sentence, before any model loads, if the server could not listen there
+    (gradio would only find out after start-up, with a traceback)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: a closed port in TIME_WAIT is free
+            probe.bind((host, port))
+    except socket.gaierror:
+        raise CapHumanError(f"--host {host} is not an address of this machine.") from None
+    except OSError as error:
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise CapHumanError(f"--host {host} is not an address of this machine.") from None
+        raise CapHumanError(f"Port {port} on {host} is in use or not allowed ({error.strerror}): pick another with --port.") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise CapHumanError(f"--port must be between 1 and 65535, got {args.port}.")
+    check_address(args.host, args.port)
     from caphuman.config import load_config
     from caphuman.demo.callbacks import DemoBackend
     from caphuman.loading import resolve_device

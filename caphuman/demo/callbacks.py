@@ -30,7 +30,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from caphuman.config import CapHumanConfig, load_config, save_config
-from caphuman.errors import CapHumanError
+from caphuman.errors import CapHumanError, InputImageError
 from caphuman.head.params import HeadParams, parse_modes, set_pose, transfer
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,15 @@ def modes_from(names: list[str] | None) -> tuple[str, ...]:
     return parse_modes(list(names or []))
 
 
+def quoted_photo_error(error: InputImageError, photo: str) -> InputImageError:
+    """The error naming ``photo`` in quotes, the form the page shortens to the file's name (uploads
+    live in gradio's cache folder); the page has up to six photo slots, so the name matters."""
+    message = str(error)
+    if f"'{photo}'" not in message:
+        message = message.replace(str(photo), f"'{photo}'").replace("the input photo", f"'{photo}'")
+    return InputImageError(message)
+
+
 def combine_hints(hints: list[torch.Tensor]) -> torch.Tensor:
     """One picture of several people's hints: later people drawn over earlier ones."""
     combined = hints[0].clone()
@@ -215,11 +224,17 @@ class DemoBackend:
 
     def head(self, photo: str) -> HeadParams:
         with self.faces_lock:
-            return self._cached(self._heads, (str(photo), 0), lambda: self.faces.head(photo))
+            try:
+                return self._cached(self._heads, (str(photo), 0), lambda: self.faces.head(photo))
+            except InputImageError as error:
+                raise quoted_photo_error(error, photo) from None
 
     def references(self, photo: str, session) -> list:
         with self.faces_lock:
-            return self._cached(self._references, (str(photo), id(session)), lambda: session.reference_faces(photo))
+            try:
+                return self._cached(self._references, (str(photo), id(session)), lambda: session.reference_faces(photo))
+            except InputImageError as error:
+                raise quoted_photo_error(error, photo) from None
 
     def person_head(self, person: PersonInput, controls: HeadControls) -> HeadParams:
         """The reference's head, with the pose photo's chosen conditions, the look photo's
@@ -415,7 +430,11 @@ class DemoBackend:
         if progress:
             progress(0.1, "Generating")
         body = {"body_map": body_map, "body_control_strength": float(settings.body_control_strength)} if body_map is not None else {}
-        output = self._run(session, settings.prompt, references, hints, settings, **body)
+        # The denoising loop is nearly all the time: move the page's bar with each step.
+        step_progress = None
+        if progress:
+            step_progress = lambda index, _t, _l: progress(0.1 + 0.9 * (index + 1) / settings.steps, f"Step {index + 1}/{settings.steps}")  # noqa: E731
+        output = self._run(session, settings.prompt, references, hints, settings, callback=step_progress, **body)
 
         folder = self._request_dir("images")
         config = dataclasses.replace(
