@@ -9,19 +9,21 @@ renders) and an animation (GIF always; MP4 when imageio-ffmpeg is installed).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from caphuman.errors import CapHumanError
-from caphuman.head.params import HeadParams, set_pose
+from caphuman.outputs import atomic_path, save_image_atomically
+
+if TYPE_CHECKING:  # torch and the head prior load only when frames are rendered, so `caphuman sweep --help` stays fast
+    import torch
+
+    from caphuman.head.params import HeadParams
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ def render_sweep(
 ) -> list[SweepFrame]:
     """Generate one image per yaw with ``session`` (a CapHumanSession); the seed in
     ``generate_kwargs`` (or the config's) is re-applied for every frame, so the noise is shared."""
+    from caphuman.head.params import set_pose
+
     frames = []
     generate_kwargs = {**generate_kwargs, "num_images": 1}
     for index, yaw in enumerate(yaws):
@@ -86,31 +90,13 @@ def contact_sheet(frames: list[SweepFrame]) -> Image.Image:
     return sheet
 
 
-def _atomic_path(path: Path) -> str:
-    """A temporary file beside ``path`` (renamed over it when complete), with the permissions a
-    normal file gets (mkstemp's are owner-only)."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return tmp
-
-
-def save_image(image: Image.Image, path: Path) -> None:
-    tmp = _atomic_path(path)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def write_gif(images: list[Image.Image], path: Path, fps: float = 6.0, bounce: bool = True) -> None:
     """Looping GIF; ``bounce`` plays the frames forwards then backwards (a head turning to and fro)."""
     sequence = [image.convert("RGB") for image in images]
     if bounce and len(sequence) > 2:
         sequence = sequence + sequence[-2:0:-1]
-    tmp = _atomic_path(path)
-    sequence[0].save(tmp, format="GIF", save_all=True, append_images=sequence[1:], duration=int(round(1000 / fps)), loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".gif") as tmp:
+        sequence[0].save(tmp, format="GIF", save_all=True, append_images=sequence[1:], duration=int(round(1000 / fps)), loop=0)
 
 
 def mp4_available() -> bool:
@@ -134,22 +120,28 @@ def write_mp4(images: list[Image.Image], path: Path, fps: float = 6.0, bounce: b
         sequence = sequence + sequence[-2:0:-1]
     height, width = sequence[0].shape[:2]
     pad = ((0, height % 2), (0, width % 2), (0, 0))
-    tmp = _atomic_path(path)
-    writer = imageio_ffmpeg.write_frames(
-        tmp,
-        (width + width % 2, height + height % 2),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-    )
-    writer.send(None)
-    for frame in sequence:
-        writer.send(np.ascontiguousarray(np.pad(frame, pad, mode="edge")))
-    writer.close()
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".mp4") as tmp:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp),
+            (width + width % 2, height + height % 2),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        for frame in sequence:
+            writer.send(np.ascontiguousarray(np.pad(frame, pad, mode="edge")))
+        writer.close()
     return True
+
+
+def sweep_file_names(frame_count: int) -> list[str]:
+    """Every file :func:`write_sweep` may write for ``frame_count`` frames (recorded before
+    writing, so ``caphuman sweep --overwrite`` later removes exactly these)."""
+    frames = [f"{kind}_{index:03d}.png" for index in range(frame_count) for kind in ("frame", "hint")]
+    return [*frames, "sheet.png", "sweep.gif", "sweep.mp4"]
 
 
 def write_sweep(frames: list[SweepFrame], out: Path, fps: float = 6.0) -> dict[str, Path]:
@@ -159,10 +151,10 @@ def write_sweep(frames: list[SweepFrame], out: Path, fps: float = 6.0) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for index, frame in enumerate(frames):
-        save_image(frame.image, out / f"frame_{index:03d}.png")
-        save_image(hint_preview(frame.hint), out / f"hint_{index:03d}.png")
+        save_image_atomically(frame.image, out / f"frame_{index:03d}.png")
+        save_image_atomically(hint_preview(frame.hint), out / f"hint_{index:03d}.png")
     written["sheet"] = out / "sheet.png"
-    save_image(contact_sheet(frames), written["sheet"])
+    save_image_atomically(contact_sheet(frames), written["sheet"])
     written["gif"] = out / "sweep.gif"
     write_gif([frame.image for frame in frames], written["gif"], fps)
     if write_mp4([frame.image for frame in frames], out / "sweep.mp4", fps):

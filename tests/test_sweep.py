@@ -160,3 +160,39 @@ def test_gif_without_bounce_keeps_the_frames(tmp_path):
     write_gif(images, tmp_path / "a.gif", fps=5, bounce=False)
     gif = Image.open(tmp_path / "a.gif")
     assert gif.n_frames == 3 and gif.info["duration"] == 200
+
+
+def _tiny_sweep(photo: Path, out: Path, frames: int, *extra: str) -> int:
+    return main(
+        ["sweep", "--config", "configs/tiny.yaml", "--ref", str(photo), "--prompt", "x", "--steps", "1", "--frames", str(frames)]
+        + ["--yaw-from", "-10", "--yaw-to", "10", "--out", str(out), "--device", "cpu", *extra]
+    )
+
+
+def test_sweep_writes_only_into_a_folder_it_owns(photo, tmp_path):
+    """A folder of someone else's files is refused untouched; a second sweep into the same
+    folder needs --overwrite, which removes exactly the earlier sweep's files (a longer earlier
+    sweep leaves no stale frames) and keeps files the user added."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "frame_000.png").write_bytes(b"mine")
+    assert _tiny_sweep(photo, foreign, 2) == 2
+    assert sorted(p.name for p in foreign.iterdir()) == ["frame_000.png"] and (foreign / "frame_000.png").read_bytes() == b"mine"
+
+    out = tmp_path / "out"
+    assert _tiny_sweep(photo, out, 3) == 0
+    assert (out / "frame_002.png").is_file()
+    before = (out / "frame_000.png").read_bytes()
+    assert _tiny_sweep(photo, out, 2) == 2  # no --overwrite: refused, nothing changed
+    assert (out / "frame_002.png").is_file() and (out / "frame_000.png").read_bytes() == before
+
+    (out / "notes.txt").write_text("keep me")
+    assert _tiny_sweep(photo, out, 2, "--overwrite") == 0
+    assert not (out / "frame_002.png").exists() and not (out / "hint_002.png").exists()
+    assert (out / "frame_001.png").is_file() and (out / "notes.txt").read_text() == "keep me"
+
+
+def test_nonsense_sweep_numbers_are_one_sentence(photo, tmp_path):
+    for flag, value in [("--yaw-from", "nan"), ("--fps", "inf"), ("--frames", "1000"), ("--seed", "-1"), ("--pitch", "nan")]:
+        assert _tiny_sweep(photo, tmp_path / "o", 2, flag, value) == 2, flag
+    assert not (tmp_path / "o").exists()
