@@ -91,6 +91,8 @@ def test_installed_sample_runs_from_another_folder(installed, tmp_path):
 
 @pytest.mark.slow
 def test_a_missing_config_is_still_a_user_error(installed, tmp_path):
+    # A real photo, so that the missing config (not the photo, which sample checks first) is the error.
+    Image.fromarray(data.astronaut()).save(tmp_path / "x.png")
     command = ["-m", "caphuman.cli", "sample", "--config", "configs/nope.yaml", "--ref", "x.png", "--prompt", "x", "--out", "o"]
     result = run_installed(command, installed, tmp_path)
     assert result.returncode == 2
