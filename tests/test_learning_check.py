@@ -3,7 +3,7 @@
 After pretraining the tiny backbone on head renders and training CapFace with the project's
 loss on (render, hint) pairs, samples must follow the requested head pose clearly better than
 with the untrained (zero-convolution) CapFace, measured on held-out poses with the same seeds.
-About 3 minutes on 2 CPU cores, hence slow.
+About 4 minutes on 2 CPU cores, hence slow.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def test_trained_capface_follows_the_requested_pose(monkeypatch):
     # The script reads configs/ relative to the repository root, as the CLI does.
     monkeypatch.chdir(SCRIPT.parents[1])
     check = _load_script()
-    settings = check.LearningCheckSettings(vae_steps=400, unet_steps=1200, capface_steps=700, seed=0, use_mediapipe=False)
+    # 1400 CapFace steps: with the published mask-head target (hard 0/1 face region on every sample)
+    # 700 steps left the trained yaw error at 0.71-0.79x the untrained one; 1400 give about 0.61x.
+    settings = check.LearningCheckSettings(vae_steps=400, unet_steps=1200, capface_steps=1400, seed=0, use_mediapipe=False)
     result = check.run_learning_check(settings)
     errors = result.template
 
