@@ -201,6 +201,18 @@ def write_outputs(
     return names
 
 
+def input_facts(args: argparse.Namespace) -> dict:
+    """The run facts sample and sweep share in config.yaml: the command line, the prompts and the photos."""
+    return {
+        # Set by caphuman.cli: quoted, so it can be pasted back into a shell.
+        "command": getattr(args, "command_line", None) or shlex.join(sys.argv),
+        "prompt": args.prompt,
+        "a_prompt": args.a_prompt,
+        "references": [str(Path(path).resolve()) for path in args.ref],
+        "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     # Typos, bad settings and an unusable --out fail here, in well under a second.
     check_input_files(args)
@@ -279,12 +291,7 @@ def _run(args: argparse.Namespace, owned: OwnedFolder, config: CapHumanConfig) -
 
     run_facts = {
         "run": {
-            # Set by caphuman.cli: quoted, so it can be pasted back into a shell.
-            "command": getattr(args, "command_line", None) or shlex.join(sys.argv),
-            "prompt": args.prompt,
-            "a_prompt": args.a_prompt,
-            "references": [str(Path(path).resolve()) for path in args.ref],
-            "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None,
+            **input_facts(args),
             "body_map": str(Path(args.body_map).resolve()) if args.body_map else None,
             "modes": list(modes),
             "yaw": args.yaw, "pitch": args.pitch, "roll": args.roll,

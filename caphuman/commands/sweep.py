@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, owned: OwnedFolder, config, modes: tuple, yaws: list[float]) -> int:
+    from caphuman.commands.sample import input_facts
     from caphuman.head.params import set_pose, transfer
     from caphuman.outputs import remove_recorded_files
     from caphuman.session import CapHumanSession
@@ -122,11 +121,7 @@ def _run(args: argparse.Namespace, owned: OwnedFolder, config, modes: tuple, yaw
     written = write_sweep(frames, owned.path, fps=args.fps)
     run_facts = {
         "run": {
-            "command": getattr(args, "command_line", None) or shlex.join(sys.argv),
-            "prompt": args.prompt,
-            "a_prompt": args.a_prompt,
-            "references": [str(Path(path).resolve()) for path in args.ref],
-            "pose_reference": str(Path(args.pose_ref).resolve()) if args.pose_ref else None,
+            **input_facts(args),
             "modes": list(modes),
             "yaws": [round(yaw, 3) for yaw in yaws],
             "pitch": args.pitch,

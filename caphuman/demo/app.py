@@ -250,26 +250,19 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
         preview_inputs = person_inputs + control_inputs + [image_resolution]
         # Previews render the head prior only (tens of ms): they run beside a generation, and a
         # slider drag collapses to its latest value.
+        preview_event = {
+            "fn": on_preview,
+            "inputs": preview_inputs[:-1],
+            "outputs": hint_preview,
+            "trigger_mode": "always_last",
+            "concurrency_limit": 4,
+            "concurrency_id": "preview",
+            "show_progress": "hidden",
+        }
         for component in [reference, pose, more, modes, reference2, pose2, modes2, look_photo, look_modes, set_angles]:
-            component.change(
-                on_preview,
-                preview_inputs[:-1],
-                hint_preview,
-                trigger_mode="always_last",
-                concurrency_limit=4,
-                concurrency_id="preview",
-                show_progress="hidden",
-            )
+            component.change(**preview_event)
         for slider in (yaw, pitch, roll):  # moving a slider means "use the sliders"
-            slider.input(lambda: True, None, set_angles, queue=False, show_progress="hidden").then(
-                on_preview,
-                preview_inputs[:-1],
-                hint_preview,
-                trigger_mode="always_last",
-                concurrency_limit=4,
-                concurrency_id="preview",
-                show_progress="hidden",
-            )
+            slider.input(lambda: True, None, set_angles, queue=False, show_progress="hidden").then(**preview_event)
         inputs = person_inputs + control_inputs + setting_inputs
         run_button.click(on_generate, inputs, [gallery, downloads, hint_preview, status], concurrency_id=GPU, concurrency_limit=1)
         sweep_button.click(on_sweep, inputs + [yaw_from, yaw_to, frames], [strip, animation, video, status], concurrency_id=GPU, concurrency_limit=1)
