@@ -166,6 +166,7 @@ def framed_heads(prior, photos: dict[str, np.ndarray]) -> list:
 
 def render_set(prior, heads: list, poses: torch.Tensor, identity: torch.Tensor, image_size: int) -> RenderSet:
     """Render heads[identity[i]] at poses[i] (yaw, pitch; roll 0)."""
+    from caphuman.conditions.hint_layout import SHADED_CHANNELS
     from caphuman.head.hint import render_hint
     from caphuman.head.renderer import MeshRenderer
     from caphuman.head.params import HeadParams
@@ -183,7 +184,7 @@ def render_set(prior, heads: list, poses: torch.Tensor, identity: torch.Tensor, 
         hints.append(head.hint)
         masks.append(head.mask)
     hints, masks = torch.cat(hints), torch.cat(masks)
-    images = hints[:, 6:9] * masks + BACKGROUND * (1 - masks)
+    images = hints[:, SHADED_CHANNELS] * masks + BACKGROUND * (1 - masks)
     return RenderSet(hints=hints, images=images * 2 - 1, masks=masks, poses=poses.clone(), identity=identity.clone())
 
 

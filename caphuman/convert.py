@@ -33,6 +33,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from torch import nn
 
+from caphuman.conditions.hint_layout import HINT_CHANNELS
 from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.capface import CapFaceModel
@@ -261,7 +262,7 @@ def _capface_config(control: Mapping[str, torch.Tensor], template: Mapping | Non
         key: SD15_UNET[key] for key in ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim", "norm_num_groups")
     }
     config.setdefault("down_block_types", SD15_UNET["down_block_types"])
-    config["conditioning_channels"] = int(control["input_hint_block.0.weight"].shape[1]) if "input_hint_block.0.weight" in control else 9
+    config["conditioning_channels"] = int(control["input_hint_block.0.weight"].shape[1]) if "input_hint_block.0.weight" in control else HINT_CHANNELS
     return config
 
 

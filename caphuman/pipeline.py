@@ -34,7 +34,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
-from caphuman.conditions.hint import check_hint
+from caphuman.conditions.hint_layout import check_hint
 from caphuman.conditions.identity import IdentityInputs, ReferenceFace, identity_tokens, prepare_identity_inputs
 from caphuman.conditions.people import PersonCondition
 from caphuman.conditions.text import encode_prompts

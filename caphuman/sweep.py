@@ -78,7 +78,7 @@ def render_sweep(
 
 def contact_sheet(frames: list[SweepFrame]) -> Image.Image:
     """Frames left to right: each generated image above the shaded render of its hint."""
-    from caphuman.head.hint import SHADED_CHANNELS
+    from caphuman.conditions.hint_layout import SHADED_CHANNELS
 
     width, height = frames[0].image.size
     sheet = Image.new("RGB", (width * len(frames), height * 2), "black")

@@ -14,7 +14,8 @@ import torch
 
 from caphuman.errors import InputImageError
 from caphuman.head.builtin_prior import BuiltinHeadPrior
-from caphuman.head.hint import HINT_CHANNELS, render_hint, hint_preview
+from caphuman.conditions.hint_layout import HINT_CHANNELS
+from caphuman.head.hint import render_hint, hint_preview
 from caphuman.head.morphable_model import EXPRESSION_NAMES, default_model
 from caphuman.head.params import HeadParams, rotation_matrix, set_pose, transfer
 from caphuman.head.renderer import MeshRenderer

@@ -61,7 +61,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 def hint_group_images(hint) -> list[np.ndarray]:
     """(1, 9, H, W) hint -> three (H, W, 3) uint8 images: normals mapped from [-1, 1], albedo and
     shaded render from [0, 1]."""
-    from caphuman.head.hint import ALBEDO_CHANNELS, NORMAL_CHANNELS, SHADED_CHANNELS
+    from caphuman.conditions.hint_layout import ALBEDO_CHANNELS, NORMAL_CHANNELS, SHADED_CHANNELS
 
     item = hint[0].detach().float().cpu()
     groups = [(item[NORMAL_CHANNELS] + 1.0) / 2.0, item[ALBEDO_CHANNELS], item[SHADED_CHANNELS]]

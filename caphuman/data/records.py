@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman.conditions.hint_layout import HINT_CHANNELS
 from caphuman.head.params import HeadParams
 
-HINT_CHANNELS = 9
 CLIP_CROP_SIZE = 224
 
 # Member suffixes after "KEY." (order = the order members are written in a shard).

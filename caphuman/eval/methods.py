@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman.conditions.hint_layout import HINT_CHANNELS
 from caphuman.config import CapHumanConfig
 from caphuman.errors import CapHumanError
 from caphuman.eval.benchmark import HeadCondition, Identity, PromptSpec
@@ -284,13 +285,13 @@ def caphuman_method(requests: list[GenerationRequest], context: MethodContext) -
 
 @register_batch_method("text-only", "plain Stable Diffusion on the same backbone: CapFace strength 0 (no identity, no head)")
 def text_only_method(requests: list[GenerationRequest], context: MethodContext) -> list[list[Image.Image]]:
-    hints = [torch.zeros(1, 9, request.height, request.width) for request in requests]
+    hints = [torch.zeros(1, HINT_CHANNELS, request.height, request.width) for request in requests]
     return context.sample_batch(requests, hints, capface_strength=0.0, mask_gating=False)
 
 
 @register_batch_method("caphuman-no-head", "CapHuman without the head branch: zero hint, CapFace on, no mask gating")
 def no_head_method(requests: list[GenerationRequest], context: MethodContext) -> list[list[Image.Image]]:
-    hints = [torch.zeros(1, 9, request.height, request.width) for request in requests]
+    hints = [torch.zeros(1, HINT_CHANNELS, request.height, request.width) for request in requests]
     return context.sample_batch(requests, hints, context.config.sampling.capface_strength, mask_gating=False)
 
 

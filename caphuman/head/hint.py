@@ -16,14 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman.conditions.hint_layout import ALBEDO_CHANNELS, HINT_CHANNELS, NORMAL_CHANNELS, SHADED_CHANNELS
 from caphuman.head.params import HeadParams
 from caphuman.head.prior import HeadPrior
 from caphuman.head.renderer import MeshRenderer
-
-HINT_CHANNELS = 9
-NORMAL_CHANNELS = slice(0, 3)
-ALBEDO_CHANNELS = slice(3, 6)
-SHADED_CHANNELS = slice(6, 9)
 
 
 @dataclass
@@ -56,7 +52,8 @@ def render_hint(
     if (renderer.height, renderer.width) != (image_size, image_size):
         raise ValueError(f"renderer renders {renderer.height}x{renderer.width}, expected {image_size}x{image_size}.")
     output = renderer.render_mesh(prior.mesh(params))
-    # The renderer applies the prior's own rules (clipping included); this only stacks the channels.
+    # The renderer applies the prior's own rules (clipping included); this only stacks the channels,
+    # in the order of caphuman.conditions.hint_layout.
     hint = torch.cat([output.normals, output.albedo, output.shaded], dim=1) * output.mask
     return HeadHint(hint=hint, mask=output.mask)
 

@@ -25,7 +25,8 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from torch import nn
 
-HINT_CHANNELS = 9
+from caphuman.conditions.hint_layout import HINT_CHANNELS
+
 MASK_THRESHOLD = 0.5
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)

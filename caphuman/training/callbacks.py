@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from PIL import Image
 
+from caphuman.conditions.hint_layout import SHADED_CHANNELS
 from caphuman.conditions.identity import IdentityInputs
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.outputs import save_image_atomically
@@ -147,7 +148,7 @@ class ValidationSamplesCallback(pl.Callback):
         refs = self.references
         identity = IdentityInputs(refs["face_embeds"].float(), refs["clip_pixel_values"])
         hint = refs["hint"].to(device)
-        rows = [(refs["pixel_values"].float() + 1.0) / 2.0, refs["hint"][:, 6:9].float()]
+        rows = [(refs["pixel_values"].float() + 1.0) / 2.0, refs["hint"][:, SHADED_CHANNELS].float()]
         pipe = self.build_pipeline(pl_module)
         precision = self.config.training.precision
         autocast = (

@@ -1,16 +1,19 @@
-"""The 9-channel head condition ("hint") that CapFace reads.
+"""The 9-channel head condition ("hint") CapFace reads: its channel layout, and the check of a given hint.
 
-Channel layout, as published: normals (3, in [-1, 1]), albedo (3, in [0, 1]), Lambertian
-spherical-harmonics shaded render (3, in [0, 1]); at image resolution; zero outside the head.
+Channel layout, as published: normals (3, in [-1, 1]), albedo (3) and the Lambertian
+spherical-harmonics shaded render (3); at image resolution; zero outside the head. The renderer
+that makes it is :mod:`caphuman.head.hint`; everything that reads, stores or shows a hint uses
+the names here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from caphuman.models.capface import HINT_CHANNELS
-
-HINT_LAYOUT = {"normals": slice(0, 3), "albedo": slice(3, 6), "shaded": slice(6, 9)}
+HINT_CHANNELS = 9
+NORMAL_CHANNELS = slice(0, 3)
+ALBEDO_CHANNELS = slice(3, 6)
+SHADED_CHANNELS = slice(6, 9)
 
 
 def check_hint(hint: torch.Tensor, batch_size: int, height: int, width: int) -> torch.Tensor:
