@@ -18,7 +18,7 @@ import torch
 from caphuman.eval.clip_score import ClipScorer, clip_t_scores, prompt_hits
 from caphuman.eval.diversity import pairwise_identity_distance
 from caphuman.eval.head_metrics import head_errors, pose_error_degrees, rmse
-from caphuman.eval.identity import cosine_similarity, resolve_identity_model
+from caphuman.eval.identity_similarity import cosine_similarity, resolve_identity_model
 from caphuman.head.params import HeadParams, set_pose
 
 # Render -> mediapipe -> fit round trips of the built-in prior are within ~6 degrees per axis up

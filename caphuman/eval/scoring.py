@@ -1,7 +1,7 @@
 """Scoring a run: every generated image against its reference photo, prompt and requested head.
 
 Per image (one row of :class:`ImageScore`): whether a face was found (mediapipe, as everywhere
-in this package), identity similarity (see :mod:`caphuman.eval.identity`), CLIP-T and prompt
+in this package), identity similarity (see :mod:`caphuman.eval.identity_similarity`), CLIP-T and prompt
 accuracy (:mod:`caphuman.eval.clip_score`), head-coefficient RMSEs and head-pose error
 (:mod:`caphuman.eval.head_metrics`). Per (method, identity, prompt, condition): face diversity
 across seeds (:mod:`caphuman.eval.diversity`), copied onto each of its rows.
@@ -34,7 +34,7 @@ from caphuman.eval.benchmark import BenchmarkSpec, Identity
 from caphuman.eval.clip_score import ClipAvailability, clip_t_scores, prompt_hits
 from caphuman.eval.diversity import pairwise_identity_distance
 from caphuman.eval.head_metrics import HeadErrors, head_errors
-from caphuman.eval.identity import IdentityModel, cosine_similarity
+from caphuman.eval.identity_similarity import IdentityModel, cosine_similarity
 from caphuman.eval.methods import MethodContext, MethodSpec
 from caphuman.eval.runner import WorkUnit, image_path, method_folder, unit_key, work_units
 from caphuman.parallel import WHOLE, Part
