@@ -202,7 +202,7 @@ def plot_identity_vs_yaw(path: Path, rows: list[ImageScore], methods: list[str])
         figure.savefig(tmp, dpi=100)
 
 
-def sample_grid(path: Path, run_dir: Path, identity: Identity, reference: np.ndarray, methods: list[str], spec: BenchmarkSpec) -> None:
+def plot_method_grid(path: Path, run_dir: Path, identity: Identity, reference: np.ndarray, methods: list[str], spec: BenchmarkSpec) -> None:
     """Reference + one image per condition (first prompt, first seed), one row per method."""
     from matplotlib.figure import Figure
 
@@ -258,7 +258,7 @@ def write_report(
     for identity in identities:
         grid = folder / "grids" / f"{identity.identity_id}.png"
         grid.parent.mkdir(parents=True, exist_ok=True)
-        sample_grid(grid, run_dir, identity, references[identity.identity_id], methods, spec)
+        plot_method_grid(grid, run_dir, identity, references[identity.identity_id], methods, spec)
         files[f"grid:{identity.identity_id}"] = grid
     logger.info("Report written to %s", folder)
     return files

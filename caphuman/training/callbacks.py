@@ -93,14 +93,10 @@ def trained_weights(trainer: pl.Trainer, adapter: CapHumanAdapter) -> contextlib
     return ema.applied(adapter) if ema is not None else contextlib.nullcontext()
 
 
-def save_png_atomically(image: Image.Image, path: Path) -> None:
-    save_image_atomically(image, path)
-
-
-def sample_grid(columns: list[torch.Tensor]) -> Image.Image:
+def stack_image_rows(rows: list[torch.Tensor]) -> Image.Image:
     """Stack rows of (N, 3, H, W) images in [0, 1] into one grid image (rows top to bottom)."""
-    rows = [torch.cat(list(row.float().clamp(0, 1).cpu()), dim=2) for row in columns]  # each (3, H, N*W)
-    grid = torch.cat(rows, dim=1)
+    strips = [torch.cat(list(row.float().clamp(0, 1).cpu()), dim=2) for row in rows]  # each (3, H, N*W)
+    grid = torch.cat(strips, dim=1)
     return Image.fromarray((grid.permute(1, 2, 0).numpy() * 255.0).round().astype("uint8"))
 
 
@@ -174,7 +170,7 @@ class ValidationSamplesCallback(pl.Callback):
                     rows.append(images.float())
         finally:
             pl_module.adapter.train(was_training)
-        return sample_grid(rows)
+        return stack_image_rows(rows)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.config.training.validation.every_n_steps
@@ -182,7 +178,7 @@ class ValidationSamplesCallback(pl.Callback):
             return
         grid = self.render(trainer, pl_module)
         path = self.output_dir / "samples" / f"step_{trainer.global_step:07d}.png"
-        save_png_atomically(grid, path)
+        save_image_atomically(grid, path)
         self.written.append(path)
         logger.info("Wrote validation samples %s", path)
         for experiment_logger in trainer.loggers:
@@ -226,4 +222,4 @@ class ExportCallback(pl.Callback):
         self.export(trainer, pl_module)
 
 
-__all__ = ["EMACallback", "ExportCallback", "ValidationSamplesCallback", "sample_grid", "trained_weights"]
+__all__ = ["EMACallback", "ExportCallback", "ValidationSamplesCallback", "stack_image_rows", "trained_weights"]
