@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from caphuman.outputs import atomic_path, write_text_atomically
+
 logger = logging.getLogger("make_demo_photos")
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -100,17 +102,6 @@ DEMO_PHOTOS: tuple[DemoPhoto, ...] = (
 )
 
 
-def write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash leaves no half file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def make_demo_photos(out: str | os.PathLike, photos: tuple[DemoPhoto, ...] = DEMO_PHOTOS) -> list[Path]:
     """Write ``photos`` and ``captions.jsonl`` into ``out`` (created); returns the photo paths."""
     folder = Path(out)
@@ -120,10 +111,11 @@ def make_demo_photos(out: str | os.PathLike, photos: tuple[DemoPhoto, ...] = DEM
         path = folder / photo.file
         image = Image.fromarray(photo.make())
         options = {"quality": 92} if path.suffix.lower() in (".jpg", ".jpeg") else {}
-        write_atomically(path, lambda tmp: image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **options))
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **options)
         written.append(path)
     lines = "".join(json.dumps({"file": photo.file, "caption": photo.caption}) + "\n" for photo in photos)
-    write_atomically(folder / CAPTIONS_FILE, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+    write_text_atomically(folder / CAPTIONS_FILE, lines)
     return written
 
 

@@ -124,12 +124,13 @@ def _run(args: argparse.Namespace) -> int:
     from caphuman.errors import CapHumanError
     from caphuman.eval.benchmark import find_identities, load_benchmark
     from caphuman.eval.clip_score import ClipScorer
-    from caphuman.eval.identity import resolve_identity_model
+    from caphuman.eval.identity_similarity import resolve_identity_model
     from caphuman.eval.methods import MethodContext
     from caphuman.eval.report import ReportNotes, write_report
-    from caphuman.eval.runner import generate, missing_images, owned_units, update_manifest, write_json_atomically
+    from caphuman.eval.runner import generate, missing_images, owned_units, update_manifest
     from caphuman.eval.scoring import Scorer, score_run
     from caphuman.loading import resolve_device
+    from caphuman.outputs import write_json_atomically
     from caphuman.parallel import device_for_part, resolve_part, wait_for_all_ranks
 
     started = time.perf_counter()
@@ -201,6 +202,6 @@ def _run(args: argparse.Namespace) -> int:
         context.close()
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["command"] = getattr(args, "command_line", None) or shlex.join(sys.argv)
-    write_json_atomically(summary, run_dir / ("last_run.json" if reports else f"last_run.{part.tag}.json"))
+    write_json_atomically(run_dir / ("last_run.json" if reports else f"last_run.{part.tag}.json"), summary)
     logger.info("Done in %.1f s; see %s", summary["seconds"], run_dir / "report" / "table.md")
     return 0

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from caphuman.errors import MissingWeightsError
+from caphuman.outputs import write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def _run(args: argparse.Namespace) -> int:
     skipped: dict[str, str] = {}
 
     def write(name: str, data: bytes, made_by: str) -> None:
-        from caphuman.data.shards import write_bytes_atomically
-
         write_bytes_atomically(out / name, data)
         written[name] = made_by
 

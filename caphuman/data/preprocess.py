@@ -45,8 +45,9 @@ from omegaconf import OmegaConf
 
 from caphuman.config import CapHumanConfig, load_config
 from caphuman.data.records import CLIP_CROP_SIZE, FaceRecord, head_params_to_arrays, record_key
-from caphuman.data.shards import INDEX_FILE, REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, read_index, write_bytes_atomically
+from caphuman.data.shards import INDEX_FILE, REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, read_index
 from caphuman.errors import CapHumanError, ConfigError, InputImageError
+from caphuman.outputs import write_bytes_atomically
 from caphuman.parallel import WHOLE, Part
 
 logger = logging.getLogger(__name__)

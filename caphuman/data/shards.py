@@ -24,6 +24,7 @@ from typing import Iterator
 
 from caphuman.data.records import RECORD_SUFFIXES, FaceRecord
 from caphuman.errors import CapHumanError
+from caphuman.outputs import write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,6 @@ def _parse_index(path: Path) -> tuple[list[IndexEntry], int]:
 
 def shard_path(root: str | os.PathLike, number: int) -> Path:
     return Path(root) / SHARDS_DIR / SHARD_NAME.format(number)
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (readers never see half a file)."""
-    from caphuman.outputs import write_bytes_atomically as write
-
-    write(path, data)
 
 
 def _is_dataset_layout(folder: Path, entries: list[str]) -> bool:
@@ -223,6 +217,9 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         final = shard_path(self.root, self.next_number)
+        # Not caphuman.outputs.atomic_path: a shard stays open across many add() calls and is
+        # renamed into place by commit() (or dropped by abandon()), and its temporary name is
+        # fixed so _repair can find and remove what a dead run left.
         self._tmp_path = final.with_name(f"{_TMP_PREFIX}{final.name}")
         self._tar = tarfile.open(self._tmp_path, mode="w", format=tarfile.USTAR_FORMAT)
 

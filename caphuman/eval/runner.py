@@ -35,14 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from PIL import Image
-
 from caphuman.config import config_to_dict
 from caphuman.errors import ConfigError
 from caphuman.eval.benchmark import BenchmarkSpec, HeadCondition, Identity, PromptSpec
 from caphuman.eval.methods import GenerationRequest, MethodContext, MethodSpec
-from caphuman.outputs import save_image_atomically
-from caphuman.outputs import write_json_atomically as write_json
+from caphuman.outputs import save_image_atomically, write_json_atomically
 from caphuman.parallel import WHOLE, Part
 
 logger = logging.getLogger(__name__)
@@ -136,15 +133,6 @@ def missing_images(spec: BenchmarkSpec, identities: list[Identity], methods: lis
         for unit in work_units(spec, identities)
         for seed in spec.seeds
     )
-
-
-def write_png_atomically(image: Image.Image, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename (atomic on one file system)."""
-    save_image_atomically(image, path)
-
-
-def write_json_atomically(data: dict, path: Path) -> None:
-    write_json(path, data)
 
 
 def method_settings(context: MethodContext, method: MethodSpec) -> dict:
@@ -246,7 +234,7 @@ def update_manifest(
     manifest["device"] = str(context.device)
     manifest["versions"] = _versions()
     if write:
-        write_json_atomically(manifest, path)
+        write_json_atomically(path, manifest)
     return manifest
 
 
@@ -313,7 +301,7 @@ def generate(
                 if len(images) != len(chunk):
                     raise RuntimeError(f"method '{block.method.name}' returned {len(images)} images for {len(chunk)} seeds")
                 for image, path in zip(images, paths):
-                    write_png_atomically(image, path)
+                    save_image_atomically(image, path)
                 count[0] += len(chunk)
                 bar.update(len(chunk))
                 logger.debug("%s: block %d, %d image(s)", block.method.name, block.number, len(chunk))
@@ -341,6 +329,4 @@ __all__ = [
     "units_per_block",
     "update_manifest",
     "work_units",
-    "write_json_atomically",
-    "write_png_atomically",
 ]

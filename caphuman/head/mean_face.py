@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from caphuman.head.similarity import refine_similarity, umeyama
+from caphuman.outputs import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -464,10 +465,8 @@ def load_mean_face() -> MeanFace:
     logger.info("deriving the mean face from mediapipe detections (cached in %s)", path)
     face = derive_mean_face()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(temporary, vertices=face.vertices, faces=face.faces, mirror=face.mirror, num_samples=face.num_samples)
-        os.replace(temporary, path)  # atomic: a concurrent reader never sees half a file
+        with atomic_path(path, suffix=".npz") as temporary:  # a concurrent reader never sees half a file
+            np.savez(temporary, vertices=face.vertices, faces=face.faces, mirror=face.mirror, num_samples=face.num_samples)
     except OSError as error:
         logger.warning("could not cache the mean face in %s (%s); it will be derived again next time", path, error)
     return face

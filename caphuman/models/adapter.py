@@ -25,6 +25,7 @@ from torch import nn
 from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.models.capface import CapFaceModel
 from caphuman.models.identity_encoder import IdentityEncoder
+from caphuman.outputs import file_mode, folder_mode
 
 ADAPTER_FORMAT_VERSION = 1
 METADATA_FILE = "caphuman.json"
@@ -107,11 +108,11 @@ class CapHumanAdapter(nn.Module):
             CapHumanError: ``directory`` holds files other than an adapter's (see
                 :func:`check_replaceable`); they are never deleted.
         """
-        from caphuman.outputs import file_mode, folder_mode
-
         directory = Path(directory)
         check_replaceable(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
+        # A whole folder is swapped, not one file, so this cannot use caphuman.outputs.atomic_path:
+        # the new adapter is staged in a sibling folder, then renamed over the old one.
         staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp"))
         try:
             self.capface.save_pretrained(staging / "capface", safe_serialization=True)
