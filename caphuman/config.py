@@ -2,18 +2,19 @@
 
 A YAML file only needs the keys it changes; every other value keeps the default written here.
 An unknown key, a wrong type or an out-of-range value raises :class:`caphuman.errors.ConfigError`
-whose message names the key. The resolved config is saved next to every output
+whose message names the key (a key of :data:`REMOVED_SETTINGS` is ignored with a warning). The resolved config is saved next to every output
 (:func:`save_config`), so each result can be re-run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from caphuman._resources import shipped_root
@@ -22,19 +23,36 @@ from caphuman._resources import shipped_root
 from caphuman.checks import check_choice, check_finite, check_positive, check_range, check_seed
 from caphuman.errors import ConfigError
 from caphuman.outputs import write_text_atomically
+from caphuman.schedulers import SCHEDULERS
 
+logger = logging.getLogger(__name__)
+
+# The one list of each choice a user can name: the dataclasses below check against these, and the
+# command-line flags offer them (choices=...). Scheduler names live with the schedulers
+# (caphuman.schedulers.SCHEDULERS).
 BACKBONES = ("sd15", "tiny")
 FACE_RECOGNIZERS = ("facenet", "arcface", "dlib", "tiny")
 HEAD_PRIORS = ("deca", "builtin")
 REFERENCE_FUSIONS = ("mean", "concat")
 ATTENTION_BACKENDS = ("sdpa", "xformers")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Layers of the OpenPose map (sampling.body_modes), and those drawn when none are named.
+BODY_MODES = ("face", "body", "hand")
+DEFAULT_BODY_MODES = ("face", "body")
 CLIP_CROPS = ("official", "aligned")
 FACE_PARSERS = ("bisenet", "mesh", "auto")
 FACENET_CROPS = ("mtcnn", "mesh")
 PHOTO_FITS = ("squash", "pad")
+# The recogniser that scores identity similarity in `caphuman eval --id-model` (not a config key;
+# see caphuman.eval.identity_similarity): "auto" takes the first whose weights are present.
+IDENTITY_MODELS = ("auto", "facenet", "arcface", "dlib")
 
-
+# Keys that were settings once but never changed anything; a file that still has one (a config
+# saved next to an earlier output, an exported adapter's sample_config.yaml) loads with a warning.
+REMOVED_SETTINGS = {
+    "model.clip_embedding_dim": "the width is read from the loaded CLIP image encoder",
+    "model.cross_attention_dim": "the width is read from the loaded UNet",
+}
 
 
 @dataclass
@@ -92,10 +110,6 @@ class ModelConfig:
     face_recognizer: str = "facenet"
     # Width of the global identity embedding: 512 for FaceNet/ArcFace, 128 for dlib.
     face_embedding_dim: int = 512
-    # Width of the CLIP vision tokens (1024 for ViT-L/14).
-    clip_embedding_dim: int = 1024
-    # Width of the UNet's cross-attention (768 for SD 1.5): identity tokens are projected to it.
-    cross_attention_dim: int = 768
     # How several reference photos combine: "mean" averages the projected tokens (keeps the
     # 258 tokens the published model saw); "concat" keeps every photo's local tokens.
     reference_fusion: str = "mean"
@@ -107,12 +121,7 @@ class ModelConfig:
         check_choice("model.face_recognizer", self.face_recognizer, FACE_RECOGNIZERS)
         check_choice("model.head_prior", self.head_prior, HEAD_PRIORS)
         check_choice("model.reference_fusion", self.reference_fusion, REFERENCE_FUSIONS)
-        for name in ("face_embedding_dim", "clip_embedding_dim", "cross_attention_dim"):
-            check_positive(f"model.{name}", getattr(self, name))
-        if self.backbone == "tiny":
-            for name, tiny_name in (("cross_attention_dim", "cross_attention_dim"), ("clip_embedding_dim", "vision_hidden_size")):
-                if getattr(self, name) != getattr(self.tiny, tiny_name):
-                    raise ConfigError(f"model.{name} ({getattr(self, name)}) must equal model.tiny.{tiny_name} ({getattr(self.tiny, tiny_name)}) for the tiny backbone.")
+        check_positive("model.face_embedding_dim", self.face_embedding_dim)
         expected = {"dlib": 128, "facenet": 512, "arcface": 512}.get(self.face_recognizer)
         if expected is not None and self.face_embedding_dim != expected:
             raise ConfigError(
@@ -144,15 +153,13 @@ class SamplingConfig:
     # Scale of the OpenPose ControlNet's residuals (official default 0: off) and the layers of
     # its map (face dots, body, hands), as the official --controlnet_strength / --controlnet_mode.
     body_control_strength: float = 0.0
-    body_modes: str = "face,body"
+    body_modes: str = ",".join(DEFAULT_BODY_MODES)
     # Speed (see caphuman/acceleration.py): torch.compile the UNet and CapFace (the first call per
     # image size and batch compiles, minutes on SD 1.5); channels_last memory for the convolutions.
     compile: bool = False
     channels_last: bool = False
 
     def __post_init__(self) -> None:
-        from caphuman.schedulers import SCHEDULERS
-
         check_choice("sampling.scheduler", self.scheduler, tuple(SCHEDULERS))
         check_choice("sampling.dtype", self.dtype, DTYPES)
         check_choice("sampling.attention", self.attention, ATTENTION_BACKENDS)
@@ -165,8 +172,8 @@ class SamplingConfig:
         check_seed("sampling.seed", self.seed)
         check_positive("sampling.body_control_strength", self.body_control_strength, allow_zero=True)
         body_modes = [m.strip() for m in self.body_modes.split(",") if m.strip()]
-        if not body_modes or any(m not in ("face", "body", "hand") for m in body_modes):
-            raise ConfigError(f"sampling.body_modes must be a comma list of face, body, hand, got '{self.body_modes}'.")
+        if not body_modes or any(m not in BODY_MODES for m in body_modes):
+            raise ConfigError(f"sampling.body_modes must be a comma list of {', '.join(BODY_MODES)}, got '{self.body_modes}'.")
         if self.identity_guidance_scale is not None:
             check_positive("sampling.identity_guidance_scale", self.identity_guidance_scale, allow_zero=True)
         check_range("sampling.tau", self.tau, 0, 1000)
@@ -238,9 +245,6 @@ def _format_omegaconf_error(error: OmegaConfBaseException, source: str) -> str:
     return f"{source}: {message}"
 
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-
-
 def resolve_config_path(path: str | os.PathLike) -> Path:
     """``path`` as given, or, for a relative path such as ``configs/tiny.yaml`` that does not
     exist from the current folder, the shipped file of that name (the repository's, or the installed
@@ -304,6 +308,15 @@ def load_yaml_mapping(path: str | os.PathLike, what: str = "config file"):
         raise ConfigError(f"The {what} '{path}' cannot be used: {str(error).splitlines()[0]}") from None
 
 
+def _drop_removed_settings(settings, source: str) -> None:
+    """Remove the keys of :data:`REMOVED_SETTINGS` from ``settings`` (a DictConfig), warning once each."""
+    for dotted, reason in REMOVED_SETTINGS.items():
+        section, key = dotted.split(".")
+        if isinstance(settings.get(section), DictConfig) and key in settings[section]:
+            settings[section].pop(key)
+            logger.warning("%s: %s is no longer a setting (%s); ignored, delete it.", source, dotted, reason)
+
+
 def load_structured(
     schema: type,
     path: str | os.PathLike | None = None,
@@ -329,9 +342,11 @@ def load_structured(
             loaded = load_yaml_mapping(path)
             for section in other_sections:
                 loaded.pop(section, None)
+            _drop_removed_settings(loaded, source)
             merged = OmegaConf.merge(merged, loaded)
         if overrides:
             extra = OmegaConf.from_dotlist(list(overrides)) if isinstance(overrides, list) else OmegaConf.create(overrides)
+            _drop_removed_settings(extra, "override")
             merged = OmegaConf.merge(merged, extra)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:

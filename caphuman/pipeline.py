@@ -38,9 +38,10 @@ from caphuman.conditions.hint_layout import check_hint
 from caphuman.conditions.identity import IdentityInputs, ReferenceFace, identity_tokens, prepare_identity_inputs
 from caphuman.conditions.people import PersonCondition
 from caphuman.conditions.text import encode_prompts
+from caphuman.config import REFERENCE_FUSIONS
 from caphuman.faces.recognizer import FaceRecognizer
 from caphuman.models.capface import CapFaceModel
-from caphuman.models.identity_encoder import FUSIONS, IdentityEncoder
+from caphuman.models.identity_encoder import IdentityEncoder
 from caphuman.schedulers import SCHEDULERS, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -133,8 +134,8 @@ class CapHumanPipeline(DiffusionPipeline):
             raise ValueError("guidance scales must be >= 0.")
         if capface_strength < 0:
             raise ValueError(f"capface_strength must be >= 0, got {capface_strength}.")
-        if reference_fusion not in FUSIONS:
-            raise ValueError(f"reference_fusion must be one of {FUSIONS}, got '{reference_fusion}'.")
+        if reference_fusion not in REFERENCE_FUSIONS:
+            raise ValueError(f"reference_fusion must be one of {REFERENCE_FUSIONS}, got '{reference_fusion}'.")
         if not 0 <= tau <= self.scheduler.config.num_train_timesteps:
             raise ValueError(f"tau must be a timestep in [0, {self.scheduler.config.num_train_timesteps}], got {tau}.")
 

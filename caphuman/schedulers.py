@@ -7,19 +7,12 @@ steps_offset 1 and alphas_cumprod[0] as the final alpha, which is what ldm's DDI
 
 from __future__ import annotations
 
-from typing import Any
-
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from typing import TYPE_CHECKING, Any
 
 from caphuman.errors import ConfigError
+
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 SD15_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -33,18 +26,20 @@ SD15_SCHEDULE: dict[str, Any] = {
     "set_alpha_to_one": False,
 }
 
-# name -> (scheduler class, options on top of the training schedule)
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+# name -> (diffusers scheduler class name, options on top of the training schedule). The one list
+# of scheduler names: sampling.scheduler is checked against it and `caphuman sample --help` shows
+# it, so the classes are named here and imported only when one is built (no diffusers for --help).
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpmpp_2m_karras": (
-        DPMSolverMultistepScheduler,
+        "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
-    "unipc": (UniPCMultistepScheduler, {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
 }
 
 
@@ -54,9 +49,12 @@ def make_scheduler(name: str, base_config: dict[str, Any] | None = None) -> Sche
     ``base_config`` is typically a loaded checkpoint's scheduler config, so fine-tunes that
     changed the schedule keep it. Raises ConfigError for an unknown name.
     """
+    import diffusers
+
     if name not in SCHEDULERS:
         raise ConfigError(f"Unknown scheduler '{name}'; choose from {', '.join(SCHEDULERS)}.")
-    scheduler_class, options = SCHEDULERS[name]
+    class_name, options = SCHEDULERS[name]
+    scheduler_class = getattr(diffusers, class_name)
     config = dict(SD15_SCHEDULE if base_config is None else base_config)
     config.update(options)
     return scheduler_class.from_config(config)

@@ -20,14 +20,13 @@ def test_published_config_has_the_published_settings():
     assert (sampling.capface_strength, sampling.mask_gating, sampling.tau, sampling.identity_guidance_scale) == (1.0, True, 0, None)
     assert (sampling.height, sampling.width) == (512, 512)
     model = config.model
-    assert (model.backbone, model.face_recognizer, model.face_embedding_dim, model.clip_embedding_dim, model.cross_attention_dim) == (
-        "sd15", "facenet", 512, 1024, 768)
+    assert (model.backbone, model.face_recognizer, model.face_embedding_dim) == ("sd15", "facenet", 512)
     assert model.head_prior == "deca"
 
 
 def test_tiny_config_is_the_tiny_backbone():
     config = load_config(CONFIGS / "tiny.yaml")
-    assert config.model.backbone == "tiny" and config.model.cross_attention_dim == config.model.tiny.cross_attention_dim
+    assert config.model.backbone == "tiny" and config.model.head_prior == "builtin"
 
 
 @pytest.mark.parametrize(
@@ -54,6 +53,19 @@ def test_bad_key_in_a_yaml_file_names_file_and_key(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_removed_setting_is_ignored_with_a_warning(tmp_path, caplog):
+    # model.clip_embedding_dim and model.cross_attention_dim were checked but never read; configs
+    # saved before they were removed (next to outputs, in exported adapters) still load.
+    old = tmp_path / "old.yaml"
+    old.write_text((CONFIGS / "tiny.yaml").read_text().replace("model:\n", "model:\n  clip_embedding_dim: 32\n  cross_attention_dim: 32\n", 1))
+    with caplog.at_level("WARNING", logger="caphuman.config"):
+        config = load_config(old, ["model.cross_attention_dim=7"])
+    assert config == load_config(CONFIGS / "tiny.yaml")
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("old.yaml: model.clip_embedding_dim is no longer a setting" in message for message in messages), messages
+    assert any("override: model.cross_attention_dim is no longer a setting" in message for message in messages), messages
 
 
 def test_saved_config_loads_back_equal(tmp_path):

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from caphuman.body.keypoints import BodyKeypoints, body_keypoints
-from caphuman.body.openpose_map import DEFAULT_BODY_MODES, draw_openpose_map, parse_body_modes
+from caphuman.body.openpose_map import draw_openpose_map, parse_body_modes
+from caphuman.config import DEFAULT_BODY_MODES
 from caphuman.errors import CapHumanError
 
 logger = logging.getLogger(__name__)

@@ -30,10 +30,8 @@ import cv2
 import numpy as np
 
 from caphuman.body.keypoints import NUM_BODY_POINTS, BodyKeypoints
+from caphuman.config import BODY_MODES, DEFAULT_BODY_MODES
 from caphuman.errors import CapHumanError
-
-BODY_MODES = ("face", "body", "hand")
-DEFAULT_BODY_MODES = ("face", "body")
 
 STICK_WIDTH = 4
 JOINT_RADIUS = 4
@@ -159,8 +157,6 @@ def draw_openpose_map(
 
 __all__ = [
     "BODY_COLORS",
-    "BODY_MODES",
-    "DEFAULT_BODY_MODES",
     "HAND_EDGES",
     "LIMBS",
     "draw_body",

@@ -33,6 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from caphuman.checks import positive_int
+from caphuman.config import HEAD_PRIORS, IDENTITY_MODELS, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
     parser.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior (used for hints and for re-estimation)")
+    parser.add_argument("--head-prior", choices=sorted(HEAD_PRIORS), help="override model.head_prior (used for hints and for re-estimation)")
     parser.add_argument("--steps", type=positive_int(), help="override sampling.num_inference_steps")
     parser.add_argument("--max-identities", type=positive_int(), help="use only the first N identities")
-    parser.add_argument("--id-model", default="auto", choices=["auto", "facenet", "arcface", "dlib"], help="evaluation face recogniser (auto: FaceNet, ArcFace, then dlib)")
+    parser.add_argument("--id-model", default="auto", choices=IDENTITY_MODELS, help="evaluation face recogniser (auto: FaceNet, ArcFace, then dlib)")
     parser.add_argument("--clip-model", help="CLIP model folder for CLIP-T (default: <weights>/<model.clip_vision>)")
     parser.add_argument(
         "--batch-size", type=int, default=1, help="images per pipeline call (several prompts, conditions and seeds of one identity; default 1)"
@@ -102,7 +103,6 @@ def prepare_output_folder(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from caphuman.config import load_config
     from caphuman.eval.benchmark import find_identities, load_benchmark
     from caphuman.eval.runner import MANIFEST, check_identity_photos, read_manifest
 
@@ -120,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from caphuman.config import load_config
     from caphuman.errors import CapHumanError
     from caphuman.eval.benchmark import find_identities, load_benchmark
     from caphuman.eval.clip_score import ClipScorer

@@ -25,6 +25,7 @@ import argparse
 import logging
 
 from caphuman.checks import positive_int
+from caphuman.config import HEAD_PRIORS
 from caphuman.errors import InputImageError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=positive_int(), default=512, help="stored side of the aligned image, mask and hint (default 512)")
     parser.add_argument("--workers", type=positive_int(), default=1, help="parallel processes, each with its own models (default 1)")
     parser.add_argument("--shard-size", type=positive_int(), default=1000, help="records per shard (default 1000)")
-    parser.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior of --config")
+    parser.add_argument("--head-prior", choices=sorted(HEAD_PRIORS), help="override model.head_prior of --config")
     parser.add_argument("--device", default="cpu", help="torch device for the models: cpu, cuda, cuda:N or auto")
     parser.add_argument("--retry-failed", action="store_true", help="process again photos skipped earlier as unreadable or without a face")
     parser.add_argument("--default-caption", default="a photo of a person", help="caption of photos that --captions does not cover")

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from caphuman.checks import positive_float, positive_int, ranged_float, seed_flag
+from caphuman.config import CLIP_CROPS, DTYPES, HEAD_PRIORS, PHOTO_FITS, CapHumanConfig, load_config, load_yaml_mapping, save_config
 from caphuman.errors import CapHumanError, InputImageError
+from caphuman.schedulers import SCHEDULERS
 
 if TYPE_CHECKING:  # heavy imports wait until run(): `caphuman --help` answers at once
-    from caphuman.config import CapHumanConfig
     from caphuman.outputs import OwnedFolder
 
 logger = logging.getLogger(__name__)
@@ -57,13 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
     model.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
-    model.add_argument("--head-prior", choices=["builtin", "deca"], help="override model.head_prior")
+    model.add_argument("--head-prior", choices=sorted(HEAD_PRIORS), help="override model.head_prior")
     model.add_argument("--sd-ckpt", metavar="PATH", help="another SD 1.5 checkpoint for this run (file or diffusers folder; overrides model.stable_diffusion)")
     model.add_argument("--vae-ckpt", metavar="PATH", help="another VAE for this run (overrides model.vae)")
-    model.add_argument("--clip-crop", choices=["official", "aligned"], help="override identity.clip_crop (see README)")
-    model.add_argument("--photo-fit", choices=["squash", "pad"], help="override head.photo_fit: how a non-square photo becomes the square head frame")
+    model.add_argument("--clip-crop", choices=CLIP_CROPS, help="override identity.clip_crop (see README)")
+    model.add_argument("--photo-fit", choices=PHOTO_FITS, help="override head.photo_fit: how a non-square photo becomes the square head frame")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    model.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="override sampling.dtype")
+    model.add_argument("--dtype", choices=DTYPES, help="override sampling.dtype")
     sampling = parser.add_argument_group("sampling (defaults from --config)")
     sampling.add_argument("--num-images", type=positive_int())
     sampling.add_argument("--height", type=positive_int(), help="image height in pixels (multiple of 8)")
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--identity-guidance-scale", type=positive_float(allow_zero=True))
     sampling.add_argument("--capface-strength", type=positive_float(allow_zero=True))
     sampling.add_argument("--tau", type=positive_int(allow_zero=True), help="identity tokens are zeroed above this timestep (0..1000)")
-    sampling.add_argument("--scheduler", help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, unipc")
+    sampling.add_argument("--scheduler", help=", ".join(SCHEDULERS))
     sampling.add_argument("--seed", type=seed_flag())
     sampling.add_argument("--no-mask-gating", action="store_true", help="do not gate CapFace by its predicted face mask")
     from caphuman.body.options import add_body_arguments
@@ -86,8 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> CapHumanConfig:
     """The --config file with the command-line flags that were given on top."""
-    from caphuman.config import load_config
-
     sampling = {
         "num_images": args.num_images,
         "height": args.height,
@@ -157,7 +156,6 @@ def prepare_output_folder(args: argparse.Namespace) -> OwnedFolder:
 def _is_sample_config(path: Path) -> bool:
     """config.yaml as `caphuman sample` writes it (so a lone image_000.png of the user's is not
     taken for ours, and never removed by --overwrite)."""
-    from caphuman.config import load_yaml_mapping
     from caphuman.errors import ConfigError
 
     if not path.is_file():
@@ -183,7 +181,6 @@ def write_outputs(
     """Write images, hint.png, ``extra_images`` ({file name: PIL image}, e.g. body_map.png) and
     config.yaml into the claimed folder, after removing (with --overwrite) exactly the files the
     earlier run there recorded; record the new ones."""
-    from caphuman.config import save_config
     from caphuman.outputs import remove_recorded_files, save_image_atomically
 
     removed = remove_recorded_files(owned)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from caphuman.config import CapHumanConfig, load_config
+from caphuman.config import HEAD_PRIORS, CapHumanConfig, load_config
 from caphuman.data.records import CLIP_CROP_SIZE, FaceRecord, head_params_to_arrays, record_key
 from caphuman.data.shards import INDEX_FILE, REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, read_index
 from caphuman.errors import CapHumanError, ConfigError, InputImageError
@@ -108,7 +108,7 @@ class PreprocessSettings:
             raise ConfigError(f"--image-size must be at least 16, got {self.image_size}.")
         if self.shard_size < 1:
             raise ConfigError(f"--shard-size must be at least 1, got {self.shard_size}.")
-        if self.head_prior not in (None, "builtin", "deca"):
+        if self.head_prior is not None and self.head_prior not in HEAD_PRIORS:
             raise ConfigError(f"--head-prior must be builtin or deca, got '{self.head_prior}'.")
 
     def model_config(self) -> CapHumanConfig:

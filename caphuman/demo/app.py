@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
+from caphuman.config import BODY_MODES, DEFAULT_BODY_MODES  # noqa: E402
 from caphuman.demo.callbacks import (  # noqa: E402
     DemoBackend,
     GenerationSettings,
@@ -135,8 +136,8 @@ def build_app(backend: DemoBackend) -> gr.Blocks:
                         else "Second ControlNet (OpenPose) strength: set model.body_controlnet in the config to use it",
                     )
                     body_modes = gr.CheckboxGroup(
-                        ["face", "body", "hand"],
-                        value=["face", "body"],
+                        list(BODY_MODES),
+                        value=list(DEFAULT_BODY_MODES),
                         interactive=body_ready,
                         label="Drawn in the OpenPose map (body and hands from the pose photo)",
                     )

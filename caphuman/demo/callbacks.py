@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from caphuman.config import CapHumanConfig, load_config, save_config
+from caphuman.config import DEFAULT_BODY_MODES, CapHumanConfig, load_config, save_config
 from caphuman.errors import CapHumanError, InputImageError
 from caphuman.head.params import HeadParams, parse_modes, set_pose, transfer
 
@@ -77,7 +77,7 @@ class GenerationSettings:
     resolution: int = 512
     capface_strength: float = 1.0
     body_control_strength: float = 0.0  # the second (OpenPose) ControlNet; needs model.body_controlnet
-    body_modes: list[str] = field(default_factory=lambda: ["face", "body"])
+    body_modes: list[str] = field(default_factory=lambda: list(DEFAULT_BODY_MODES))
     tau: int = 0
     steps: int = 20
     guidance_scale: float = 7.0
@@ -334,7 +334,7 @@ class DemoBackend:
         from caphuman.body.openpose_map import parse_body_modes
         from caphuman.head.landmarks import face_points
 
-        layers = parse_body_modes(list(settings.body_modes or []) or ["face", "body"])
+        layers = parse_body_modes(list(settings.body_modes or []) or list(DEFAULT_BODY_MODES))
         maps = []
         with self.faces_lock:
             for person, head in zip(people, heads, strict=True):
@@ -367,7 +367,7 @@ class DemoBackend:
             "height": settings.resolution,
             "width": settings.resolution,
             "body_control_strength": float(settings.body_control_strength),
-            "body_modes": ",".join(settings.body_modes or ["face", "body"]),
+            "body_modes": ",".join(settings.body_modes or DEFAULT_BODY_MODES),
         }
 
     def _run(self, session, prompt: str, references: list, hints: list[torch.Tensor], settings: GenerationSettings, **overrides):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from caphuman.config import IDENTITY_MODELS
 from caphuman.errors import CapHumanError
 from caphuman.faces.detection import DetectedFace
 from caphuman.faces.recognizer import FaceRecognizer
@@ -28,9 +29,6 @@ from caphuman.faces.reference import recognizer_crop
 from caphuman.loading import ARCFACE_FILES, FACENET_FILE
 
 logger = logging.getLogger(__name__)
-
-IDENTITY_MODELS = ("auto", "facenet", "arcface", "dlib")
-
 
 @dataclass
 class IdentityModel:
@@ -88,4 +86,4 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.dot(a, b) / denominator, -1.0, 1.0))
 
 
-__all__ = ["IDENTITY_MODELS", "IdentityModel", "cosine_similarity", "resolve_identity_model"]
+__all__ = ["IdentityModel", "cosine_similarity", "resolve_identity_model"]

@@ -13,7 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-FUSIONS = ("mean", "concat")
+from caphuman.config import REFERENCE_FUSIONS
 
 
 class IdentityEncoder(ModelMixin, ConfigMixin):
@@ -40,8 +40,8 @@ class IdentityEncoder(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"face_embeds must be (B, R, G) and clip_features (B, R, N, C); got {tuple(face_embeds.shape)} and {tuple(clip_features.shape)}."
             )
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got '{fusion}'.")
+        if fusion not in REFERENCE_FUSIONS:
+            raise ValueError(f"fusion must be one of {REFERENCE_FUSIONS}, got '{fusion}'.")
         dtype = self.global_projection.weight.dtype
         global_tokens = self.global_projection(face_embeds.to(dtype)).mean(dim=1, keepdim=True)
         local_tokens = self.local_projection(clip_features.to(dtype))
