@@ -15,7 +15,7 @@ import skimage.data
 import skimage.io
 import torch
 
-from caphuman.head.builtin_prior import BuiltinHeadPrior
+from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 from caphuman.head.hint import render_hint
 from caphuman.head.renderer import MeshRenderer
 

@@ -99,10 +99,10 @@ def load_face_parser(weights_dir: str | Path, device: torch.device | str):
 def load_head_prior(name: str, weights_dir: str | Path, detector, device: torch.device | str):
     """The head prior ``name`` ("deca" or "builtin"), sharing ``detector`` (a FaceDetector)."""
     if name == "deca":
-        from caphuman.head.deca import DecaHeadPrior
+        from caphuman.head.deca.deca_prior import DecaHeadPrior
 
         return DecaHeadPrior(weights_dir, device=device, detector=detector)
-    from caphuman.head.builtin_prior import BuiltinHeadPrior
+    from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 
     return BuiltinHeadPrior(detector=detector)
 

@@ -457,8 +457,8 @@ def check_bisenet(path: Path) -> str:
 def check_deca_model(path: Path) -> str:
     from accelerate import init_empty_weights
 
-    from caphuman.head.assets import load_deca_encoder_state
-    from caphuman.head.deca import DecaCoarseEncoder
+    from caphuman.head.deca.files import load_deca_encoder_state
+    from caphuman.head.deca.deca_prior import DecaCoarseEncoder
 
     state = load_deca_encoder_state(path)
     with init_empty_weights():  # names and shapes only; no weights are allocated
@@ -471,14 +471,14 @@ def check_deca_model(path: Path) -> str:
 
 
 def check_flame_model(path: Path) -> str:
-    from caphuman.head.assets import load_flame_model
+    from caphuman.head.deca.files import load_flame_model
 
     model = load_flame_model(path)
     return f"{model.v_template.shape[0]} vertices"
 
 
 def check_flame_texture(path: Path) -> str:
-    from caphuman.head.assets import HEAD_TEMPLATE_FILE, load_flame_texture
+    from caphuman.head.deca.files import HEAD_TEMPLATE_FILE, load_flame_texture
 
     template = path.parent / HEAD_TEMPLATE_FILE
     texture = load_flame_texture(path, head_template=template if template.is_file() else None)

@@ -22,8 +22,8 @@ from scipy.spatial import ConvexHull
 from scipy.spatial.transform import Rotation
 
 from caphuman.errors import CapHumanError, InputImageError, MissingWeightsError
-from caphuman.head.assets import DecaAssetPaths, load_flame_model, load_flame_pickle, load_flame_texture
-from caphuman.head.deca import (
+from caphuman.head.deca.files import DecaAssetPaths, load_flame_model, load_flame_pickle, load_flame_texture
+from caphuman.head.deca.deca_prior import (
     DECA_CODE_SIZE,
     CropWindow,
     DecaCoarseEncoder,
@@ -33,7 +33,7 @@ from caphuman.head.deca import (
     rotation_from_deca,
     uv_albedo_space,
 )
-from caphuman.head.flame import FlameLayer, FlameModelData, axis_angle_to_matrix, matrix_to_axis_angle
+from caphuman.head.deca.flame import FlameLayer, FlameModelData, axis_angle_to_matrix, matrix_to_axis_angle
 from caphuman.head.hint import render_hint
 from caphuman.head.params import HeadParams
 from caphuman.head.renderer import MeshRenderer

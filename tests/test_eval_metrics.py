@@ -111,7 +111,7 @@ def test_pose_error_is_the_geodesic_angle(a, b, expected) -> None:
 
 @pytest.fixture(scope="module")
 def head_setup():
-    from caphuman.head.builtin_prior import BuiltinHeadPrior
+    from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
     from caphuman.head.renderer import MeshRenderer
 
     prior = BuiltinHeadPrior()

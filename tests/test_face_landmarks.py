@@ -13,7 +13,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from caphuman.errors import CapHumanError
-from caphuman.head.deca import DecaHeadPrior
+from caphuman.head.deca.deca_prior import DecaHeadPrior
 from caphuman.head.landmarks import load_flame_landmarks, project, to_image_fraction
 from caphuman.head.params import HeadParams
 from tests.test_deca import assets_dir  # noqa: F401  (module fixture: a tiny FLAME + DECA folder)

@@ -13,10 +13,10 @@ import skimage.transform
 import torch
 
 from caphuman.errors import InputImageError
-from caphuman.head.builtin_prior import BuiltinHeadPrior
+from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 from caphuman.conditions.hint_layout import HINT_CHANNELS
 from caphuman.head.hint import render_hint, hint_preview
-from caphuman.head.morphable_model import EXPRESSION_NAMES, default_model
+from caphuman.head.builtin.morphable_model import EXPRESSION_NAMES, default_model
 from caphuman.head.params import HeadParams, rotation_matrix, set_pose, transfer
 from caphuman.head.renderer import MeshRenderer
 
@@ -249,8 +249,8 @@ def test_mean_face_is_a_symmetric_front_facing_surface() -> None:
     """The derived mean face: mediapipe's own edges, a clean oriented surface, human proportions."""
     from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
 
-    from caphuman.head.mean_face import load_mean_face
-    from caphuman.head.morphable_model import mesh_edges
+    from caphuman.head.builtin.mean_face import load_mean_face
+    from caphuman.head.builtin.morphable_model import mesh_edges
 
     face = load_mean_face()
     vertices, faces, mirror = face.vertices, face.faces, face.mirror

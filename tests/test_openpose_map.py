@@ -75,7 +75,7 @@ def test_face_dots_from_the_head_prior_land_on_the_face():
     import dlib
 
     from caphuman.faces.dlib_recognizer import SHAPE_PREDICTOR_FILES, find_models_dir
-    from caphuman.head.builtin_prior import BuiltinHeadPrior
+    from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
     from caphuman.head.landmarks import face_points
 
     photo = data.astronaut()

@@ -79,7 +79,7 @@ def test_frames_hints_are_the_head_at_the_requested_yaws(sweep_dir, photo):
     """Each saved hint equals the reference head re-rendered directly by the head prior at that
     yaw; and reading the yaw back from the rendered head (face mesh fit) gives that yaw."""
     from caphuman.faces.detection import FaceDetector
-    from caphuman.head.builtin_prior import BuiltinHeadPrior
+    from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
     from caphuman.head.hint import hint_preview, render_hint
     from caphuman.head.params import set_pose
 

@@ -270,7 +270,7 @@ class PhotoProcessor:
             PhotoSkip: the photo cannot be used (its ``kind`` says why).
         """
         from caphuman.faces.alignment import aligned_square_crop
-        from caphuman.head.builtin_prior import BuiltinHeadPrior
+        from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 
         session = self.session
         try:

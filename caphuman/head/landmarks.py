@@ -88,7 +88,7 @@ def load_flame_landmarks(path) -> FlameLandmarks:
     """
     import pickle
 
-    from caphuman.head.assets import RestrictedFlameUnpickler
+    from caphuman.head.deca.files import RestrictedFlameUnpickler
 
     class Unpickler(RestrictedFlameUnpickler):
         def find_class(self, module: str, name: str):

@@ -35,7 +35,7 @@ import scipy.sparse
 import torch
 
 from caphuman.errors import CapHumanError, MissingWeightsError
-from caphuman.head.flame import FLAME_SHAPE_COMPONENTS, FlameModelData
+from caphuman.head.deca.flame import FLAME_SHAPE_COMPONENTS, FlameModelData
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from skimage.transform import AffineTransform, resize, warp
 from torch import nn
 
 from caphuman.errors import CapHumanError, InputImageError
-from caphuman.head.assets import DecaAssetPaths, FlameTexture, load_deca_encoder_state, load_flame_model, load_flame_texture
-from caphuman.head.flame import FlameLayer, axis_angle_to_matrix
+from caphuman.head.deca.files import DecaAssetPaths, FlameTexture, load_deca_encoder_state, load_flame_model, load_flame_texture
+from caphuman.head.deca.flame import FlameLayer, axis_angle_to_matrix
 from caphuman.head.params import HeadParams, angles_from_matrix, rotation_matrix
 from caphuman.head.prior import HeadMesh, HeadPrior, UVTexture
 
@@ -346,7 +346,7 @@ class DecaHeadPrior(HeadPrior):
         detector: FaceDetector | None = None,
         working_size: int = WORKING_SIZE,
     ):
-        """Load DECA and FLAME from ``weights_dir`` (see caphuman/head/assets.py for the files).
+        """Load DECA and FLAME from ``weights_dir`` (see caphuman/head/deca/files.py for the files).
 
         Args:
             weights_dir: folder with deca/ (or the files themselves).

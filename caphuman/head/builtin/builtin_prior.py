@@ -3,7 +3,7 @@
 Reconstruction of one face (:meth:`BuiltinHeadPrior.reconstruct`):
 1. mediapipe's 478-point 3D face mesh from :class:`caphuman.faces.detection.FaceDetector`,
    turned into the camera frame (x right, y up, z towards the viewer; pixel units).
-2. :meth:`MorphableFaceModel.fit <caphuman.head.morphable_model.MorphableFaceModel.fit>`: a
+2. :meth:`MorphableFaceModel.fit <caphuman.head.builtin.morphable_model.MorphableFaceModel.fit>`: a
    similarity fit on the stable points gives rotation (-> yaw, pitch, roll), scale and
    translation (-> the orthographic camera); expression and jaw are solved on the de-posed
    points; identity is the per-vertex remainder.
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from caphuman.errors import InputImageError
-from caphuman.head.morphable_model import MorphableFaceModel, default_model, mesh_edges, mirror_indices
+from caphuman.head.builtin.morphable_model import MorphableFaceModel, default_model, mesh_edges, mirror_indices
 from caphuman.head.params import HeadParams, angles_from_matrix, rotation_matrix
 from caphuman.head.prior import HeadMesh, HeadPrior
 from caphuman.head.renderer import vertex_normals

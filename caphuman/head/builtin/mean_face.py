@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caphuman.head.similarity import refine_similarity, umeyama
+from caphuman.head.builtin.similarity import refine_similarity, umeyama
 from caphuman.outputs import atomic_path
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ three steps, written here from the paper's equations:
 
 FLAME's model frame: y up, x towards the subject's left (the image's right for a frontal head),
 z out of the face (towards a camera looking at the face). That is the project's camera frame,
-so DECA's orthographic camera needs no axis change (see caphuman/head/deca.py).
+so DECA's orthographic camera needs no axis change (see caphuman/head/deca/deca_prior.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ FLAME_SHAPE_COMPONENTS = 300
 
 @dataclass
 class FlameModelData:
-    """The arrays of a FLAME model file, as plain numpy (see caphuman/head/assets.py for loading).
+    """The arrays of a FLAME model file, as plain numpy (see caphuman/head/deca/files.py for loading).
 
     Attributes:
         v_template: (V, 3) float template vertices (metres).

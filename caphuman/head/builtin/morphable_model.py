@@ -12,7 +12,7 @@ viewer; the frontal head has zero rotation):
     vertices = mean + identity + sum_e expression[e] * expression_basis[e] + jaw_displacement(jaw)
 
 - ``mean`` and the triangles: derived in this repository from mediapipe's own detections on real
-  photos and its tessellation edges, cached on first use (:mod:`caphuman.head.mean_face`).
+  photos and its tessellation edges, cached on first use (:mod:`caphuman.head.builtin.mean_face`).
 - ``expression_basis``: displacement fields made geometrically from the mesh's semantic regions
   (mouth corners, lips, eyelids, brows); see :func:`build_expression_basis`.
 - ``jaw``: axis-angle rotation (radians) of the lower jaw region about a hinge near the ears, as
@@ -37,8 +37,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from caphuman.head.mean_face import load_mean_face
-from caphuman.head.similarity import Similarity, refine_similarity, umeyama
+from caphuman.head.builtin.mean_face import load_mean_face
+from caphuman.head.builtin.similarity import Similarity, refine_similarity, umeyama
 
 logger = logging.getLogger(__name__)
 
@@ -364,7 +364,7 @@ class MorphableFaceModel:
     """The mediapipe-topology morphable face model (see the module docstring).
 
     Attributes:
-        mean: (V, 3) float64 mean-face vertices (cm), see :class:`caphuman.head.mean_face.MeanFace`.
+        mean: (V, 3) float64 mean-face vertices (cm), see :class:`caphuman.head.builtin.mean_face.MeanFace`.
         faces: (F, 3) int64 triangles, counter-clockwise from the front.
         expression_basis: (E, V, 3) float64 displacements per unit coefficient.
         jaw_weights: (V,) jaw skinning weights; ``jaw_hinge`` (3,) the hinge point.
