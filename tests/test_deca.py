@@ -33,10 +33,11 @@ from caphuman.head.deca.deca_prior import (
     rotation_from_deca,
     uv_albedo_space,
 )
-from caphuman.head.deca.flame import FlameLayer, FlameModelData, axis_angle_to_matrix, matrix_to_axis_angle
+from caphuman.head.deca.flame import FlameLayer, FlameModelData
 from caphuman.head.hint import render_hint
 from caphuman.head.params import HeadParams
 from caphuman.head.renderer import MeshRenderer
+from caphuman.head.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 NUM_VERTICES = 500
 HEAD_RADIUS = 0.1  # metres, about a real head's half-width

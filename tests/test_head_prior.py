@@ -17,8 +17,9 @@ from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 from caphuman.conditions.hint_layout import HINT_CHANNELS
 from caphuman.head.hint import render_hint, hint_preview
 from caphuman.head.builtin.morphable_model import EXPRESSION_NAMES, default_model
-from caphuman.head.params import HeadParams, rotation_matrix, set_pose, transfer
+from caphuman.head.params import HeadParams, set_pose, transfer
 from caphuman.head.renderer import MeshRenderer
+from caphuman.head.rotations import yaw_pitch_roll_to_matrix
 
 # Measured round-trip errors on the astronaut (render -> mediapipe -> fit) are up to ~6 degrees
 # (mediapipe slightly under-reads strong turns on renders); these bounds leave a little margin.
@@ -187,7 +188,7 @@ def test_identity_expression_separation(reference: HeadParams) -> None:
         vertices = model.vertices(
             torch.as_tensor(identity_offsets)[None], torch.as_tensor(known)[None], torch.as_tensor(jaw)[None]
         )[0].numpy()
-        rotation = rotation_matrix(torch.tensor([angles], dtype=torch.float64))[0].numpy()
+        rotation = yaw_pitch_roll_to_matrix(torch.tensor([angles], dtype=torch.float64))[0].numpy()
         # A known similarity plus detector-like noise (0.02 cm).
         points = 40.0 * vertices @ rotation.T + np.array([3.0, -2.0, 1.0]) + rng.normal(0.0, 0.8, vertices.shape)
         return model.fit(points)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from caphuman.head.params import rotation_matrix
 from caphuman.head.prior import HeadMesh, UVTexture
 from caphuman.head.renderer import MeshRenderer, RenderOutput
+from caphuman.head.rotations import yaw_pitch_roll_to_matrix
 from caphuman.head.spherical_harmonics import fit_sh_lighting, sh_basis, sh_shading
 
 IMAGE_SIZE = 512
@@ -71,7 +71,7 @@ def head_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nose = 0.35 * np.exp(-(x**2 + (y + 0.05) ** 2) / 0.03) * (z > 0)
     brow = 0.08 * np.exp(-((y - 0.35) ** 2) / 0.02) * (z > 0)
     head = np.stack([0.72 * x, 0.95 * y, 0.8 * z + nose + brow], axis=1)
-    rotation = rotation_matrix(torch.tensor([[25.0, 12.0, -8.0]], dtype=torch.float64))[0].numpy()
+    rotation = yaw_pitch_roll_to_matrix(torch.tensor([[25.0, 12.0, -8.0]], dtype=torch.float64))[0].numpy()
     head = head @ rotation.T * 0.8
 
     occluder, occluder_faces = icosphere(3)
@@ -401,7 +401,7 @@ def test_deca_rules_follow_the_srendery_formulas():
     shaded = albedo x shading; nothing clipped.
     """
     sphere, faces = icosphere(1)  # 80 coarse triangles: interpolated unit normals are visibly short
-    rotation = rotation_matrix(torch.tensor([[20.0, -15.0, 10.0]], dtype=torch.float64))[0].numpy()
+    rotation = yaw_pitch_roll_to_matrix(torch.tensor([[20.0, -15.0, 10.0]], dtype=torch.float64))[0].numpy()
     vertices = (sphere * np.array([0.7, 0.8, 0.6])) @ rotation.T + np.array([0.05, -0.03, 0.0])
     uvs = np.stack([0.5 + 0.4 * sphere[:, 0], 0.5 + 0.4 * sphere[:, 1]], axis=1)
     texture = np.random.default_rng(3).uniform(-0.3, 1.4, (32, 32, 3))  # outside [0, 1] on purpose
@@ -536,7 +536,7 @@ def batch_scene(batch: int) -> HeadMesh:
     sphere, faces = icosphere(3)
     generator = torch.Generator().manual_seed(0)
     base = torch.from_numpy(sphere).float() * torch.tensor([0.6, 0.75, 0.6])
-    rotations = rotation_matrix(torch.tensor([[20.0 * i - 20.0, 10.0 * i, -5.0 * i] for i in range(batch)]))
+    rotations = yaw_pitch_roll_to_matrix(torch.tensor([[20.0 * i - 20.0, 10.0 * i, -5.0 * i] for i in range(batch)]))
     vertices = base[None] @ rotations.transpose(1, 2) + torch.tensor([0.05, -0.02, 0.0])
     albedo = torch.rand(batch, len(sphere), 3, generator=generator)
     lighting = torch.randn(batch, 9, 3, generator=generator) * 0.3

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from caphuman.head.params import HeadParams, rotation_matrix
+from caphuman.head.params import HeadParams
+from caphuman.head.rotations import yaw_pitch_roll_to_matrix
 
 COEFFICIENT_GROUPS = ("shape", "pose", "expression", "lighting")
 
@@ -80,7 +81,7 @@ def rmse(requested: np.ndarray, estimated: np.ndarray) -> float:
 def pose_error_degrees(requested_degrees: np.ndarray | torch.Tensor, estimated_degrees: np.ndarray | torch.Tensor) -> float:
     """Geodesic angle (degrees) between two (yaw, pitch, roll) rotations given in degrees."""
     angles = torch.as_tensor(np.stack([np.asarray(requested_degrees, dtype=np.float64), np.asarray(estimated_degrees, dtype=np.float64)]))
-    matrices = rotation_matrix(angles)
+    matrices = yaw_pitch_roll_to_matrix(angles)
     relative = matrices[0].T @ matrices[1]
     cosine = ((torch.trace(relative) - 1.0) / 2.0).clamp(-1.0, 1.0)
     return float(torch.rad2deg(torch.acos(cosine)))

@@ -26,7 +26,8 @@ import math
 from dataclasses import dataclass
 
 from caphuman.errors import CapHumanError
-from caphuman.head.params import HeadParams, rotation_matrix
+from caphuman.head.params import HeadParams
+from caphuman.head.rotations import yaw_pitch_roll_to_matrix
 
 FLAME_LANDMARK_FILE = "landmark_embedding.npy"
 NUM_CONTOUR_LANDMARKS = 17
@@ -161,7 +162,7 @@ def project(points: torch.Tensor, params: HeadParams) -> torch.Tensor:
     (x right, y up, in [-1, 1] across the image), with the rotation and orthographic camera of
     ``params`` (see caphuman/head/params.py)."""
     dtype = torch.float32
-    rotated = points.to(dtype) @ rotation_matrix(params.rotation.to(points.device, dtype)).transpose(1, 2)
+    rotated = points.to(dtype) @ yaw_pitch_roll_to_matrix(params.rotation.to(points.device, dtype)).transpose(1, 2)
     camera = params.camera.to(points.device, dtype)
     return rotated[..., :2] * camera[:, 0, None, None] + camera[:, None, 1:3]
 

@@ -125,29 +125,3 @@ def set_pose(params: HeadParams, yaw: float | None = None, pitch: float | None =
         if value is not None:
             out.rotation[:, index] = float(value)
     return out
-
-
-def rotation_matrix(rotation_degrees: torch.Tensor) -> torch.Tensor:
-    """(B, 3) yaw, pitch, roll in degrees -> (B, 3, 3) R = Rz(roll) @ Rx(pitch) @ Ry(yaw)."""
-    yaw, pitch, roll = (torch.deg2rad(rotation_degrees[:, i]) for i in range(3))
-    zeros, ones = torch.zeros_like(yaw), torch.ones_like(yaw)
-
-    def stack(rows: list[list[torch.Tensor]]) -> torch.Tensor:
-        return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
-
-    cy, sy, cp, sp, cr, sr = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin(), roll.cos(), roll.sin()
-    ry = stack([[cy, zeros, sy], [zeros, ones, zeros], [-sy, zeros, cy]])
-    rx = stack([[ones, zeros, zeros], [zeros, cp, -sp], [zeros, sp, cp]])
-    rz = stack([[cr, -sr, zeros], [sr, cr, zeros], [zeros, zeros, ones]])
-    return rz @ rx @ ry
-
-
-def angles_from_matrix(matrix: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rotation_matrix` for |pitch| < 90 degrees: (B, 3, 3) -> (B, 3) degrees."""
-    # For R = Rz Rx Ry: R[2] = (-cp*sy, sp, cp*cy), R[0,1] = -sr*cp and R[1,1] = cr*cp, so each
-    # angle is read from entries that do not mix in the other two.
-    pitch = torch.asin(matrix[:, 2, 1].clamp(-1.0, 1.0))
-    yaw = torch.atan2(-matrix[:, 2, 0], matrix[:, 2, 2])
-    roll = torch.atan2(-matrix[:, 0, 1], matrix[:, 1, 1])
-    return torch.rad2deg(torch.stack([yaw, pitch, roll], dim=-1))
-

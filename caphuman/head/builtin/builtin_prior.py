@@ -37,9 +37,10 @@ import torch
 
 from caphuman.errors import InputImageError
 from caphuman.head.builtin.morphable_model import MorphableFaceModel, default_model, mesh_edges, mirror_indices
-from caphuman.head.params import HeadParams, angles_from_matrix, rotation_matrix
+from caphuman.head.params import HeadParams
 from caphuman.head.prior import HeadMesh, HeadPrior
 from caphuman.head.renderer import vertex_normals
+from caphuman.head.rotations import matrix_to_yaw_pitch_roll, yaw_pitch_roll_to_matrix
 from caphuman.head.spherical_harmonics import fit_sh_lighting, sh_shading
 
 logger = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ class BuiltinHeadPrior(HeadPrior):
         # a 180-degree turn about x, so the frame stays right-handed.
         points = np.asarray(landmarks, dtype=np.float64)[: self.model.num_vertices] * np.array([1.0, -1.0, -1.0])
         fit = self.model.fit(points)
-        rotation = angles_from_matrix(torch.as_tensor(fit.pose.rotation)[None]).float()
+        rotation = matrix_to_yaw_pitch_roll(torch.as_tensor(fit.pose.rotation)[None]).float()
         # Pixels -> normalised coordinates x = 2u/W - 1, y = 1 - 2v/H (here Y = -v). One scale
         # serves both axes, so for a non-square photo the mean of the two axis scales is used.
         pixel_to_normalised = (1.0 / width + 1.0 / height)
@@ -296,7 +297,7 @@ class BuiltinHeadPrior(HeadPrior):
         dtype = torch.float32
         base = self.model.vertices(params.shape.to(dtype), params.expression.to(dtype), params.jaw.to(dtype))
         fine = self.topology.apply(base)  # (B, V_fine, 3) cm, model frame
-        rotated = fine @ rotation_matrix(params.rotation.to(dtype)).transpose(1, 2)
+        rotated = fine @ yaw_pitch_roll_to_matrix(params.rotation.to(dtype)).transpose(1, 2)
         camera = params.camera.to(dtype)
         scale = camera[:, 0, None, None]
         offset = torch.stack([camera[:, 1], camera[:, 2], torch.zeros_like(camera[:, 1])], dim=-1)[:, None, :]

@@ -39,6 +39,7 @@ import torch
 
 from caphuman.head.builtin.mean_face import load_mean_face
 from caphuman.head.builtin.similarity import Similarity, refine_similarity, umeyama
+from caphuman.head.rotations import axis_angle_to_matrix, axis_angle_to_matrix_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -114,29 +115,6 @@ class FaceFit:
     jaw: np.ndarray
     identity: np.ndarray
     residual: float
-
-
-def axis_angle_matrix(axis_angle: np.ndarray) -> np.ndarray:
-    """(3,) axis-angle in radians -> (3, 3) rotation matrix (Rodrigues)."""
-    angle = float(np.linalg.norm(axis_angle))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = axis_angle / angle
-    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * cross @ cross
-
-
-def axis_angle_matrix_torch(axis_angle: torch.Tensor) -> torch.Tensor:
-    """(B, 3) axis-angle in radians -> (B, 3, 3) rotation matrices (Rodrigues, batched)."""
-    angle = axis_angle.norm(dim=-1, keepdim=True)  # (B, 1)
-    axis = axis_angle / angle.clamp(min=1e-12)
-    x, y, z = axis.unbind(-1)
-    zeros = torch.zeros_like(x)
-    cross = torch.stack([zeros, -z, y, z, zeros, -x, -y, x, zeros], dim=-1).view(-1, 3, 3)
-    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(cross)
-    sin = angle.sin()[..., None]
-    one_minus_cos = (1.0 - angle.cos())[..., None]
-    return eye + sin * cross + one_minus_cos * (cross @ cross)
 
 
 def jaw_hinge(vertices: np.ndarray) -> np.ndarray:
@@ -399,7 +377,7 @@ class MorphableFaceModel:
     def jaw_displacement(self, jaw: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
         """(V, 3) displacement of the mean (or ``base``) vertices by a jaw rotation ``jaw`` (3,) radians."""
         base = self.mean if base is None else base
-        rotated = (base - self.jaw_hinge) @ axis_angle_matrix(jaw).T + self.jaw_hinge
+        rotated = (base - self.jaw_hinge) @ axis_angle_to_matrix_numpy(jaw).T + self.jaw_hinge
         return self.jaw_weights[:, None] * (rotated - base)
 
     def _jaw_jacobian(self, jaw: np.ndarray) -> np.ndarray:
@@ -500,7 +478,7 @@ class MorphableFaceModel:
         hinge = torch.as_tensor(self.jaw_hinge, dtype=dtype, device=device)
         weights = torch.as_tensor(self.jaw_weights, dtype=dtype, device=device)
         batch = expression.shape[0]
-        rotated = (mean - hinge) @ axis_angle_matrix_torch(jaw.to(dtype)).transpose(1, 2) + hinge  # (B, V, 3)
+        rotated = (mean - hinge) @ axis_angle_to_matrix(jaw.to(dtype)).transpose(1, 2) + hinge  # (B, V, 3)
         jaw_offsets = weights[None, :, None] * (rotated - mean)
         return (
             mean[None]

@@ -39,9 +39,10 @@ from torch import nn
 
 from caphuman.errors import CapHumanError, InputImageError
 from caphuman.head.deca.files import DecaAssetPaths, FlameTexture, load_deca_encoder_state, load_flame_model, load_flame_texture
-from caphuman.head.deca.flame import FlameLayer, axis_angle_to_matrix
-from caphuman.head.params import HeadParams, angles_from_matrix, rotation_matrix
+from caphuman.head.deca.flame import FlameLayer
+from caphuman.head.params import HeadParams
 from caphuman.head.prior import HeadMesh, HeadPrior, UVTexture
+from caphuman.head.rotations import axis_angle_to_matrix, matrix_to_yaw_pitch_roll, yaw_pitch_roll_to_matrix
 
 if TYPE_CHECKING:
     from caphuman.faces.detection import FaceDetector
@@ -297,7 +298,7 @@ def rotation_from_deca(global_axis_angle: torch.Tensor) -> torch.Tensor:
     FLAME's frame is our camera frame, so the rotation matrix is used as is; e.g. a positive
     rotation about +y carries the nose (+z) towards +x, the image's right: positive yaw.
     """
-    return angles_from_matrix(axis_angle_to_matrix(global_axis_angle))
+    return matrix_to_yaw_pitch_roll(axis_angle_to_matrix(global_axis_angle))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +400,7 @@ class DecaHeadPrior(HeadPrior):
                 "The 'deca' head prior needs deca/landmark_embedding.npy (DECA's data/ folder) for the 68 face landmarks."
             )
         vertices = self.mesh(params).vertices  # (B, V, 3)
-        rotation = rotation_matrix(params.rotation.to(vertices.device, torch.float32))
+        rotation = yaw_pitch_roll_to_matrix(params.rotation.to(vertices.device, torch.float32))
         return flame_landmarks68(vertices, self.flame.faces, self.landmark_embedding, rotation)[..., :2]
 
     @property
@@ -469,7 +470,7 @@ class DecaHeadPrior(HeadPrior):
             if value.ndim != 2 or value.shape[1] != size:
                 raise CapHumanError(f"DECA head parameters need {field_name} of shape (B, {size}), got {tuple(value.shape)}.")
         dtype = torch.float32
-        rotations = self.flame.joint_rotations(rotation_matrix(p.rotation.to(dtype)), p.jaw.to(dtype))
+        rotations = self.flame.joint_rotations(yaw_pitch_roll_to_matrix(p.rotation.to(dtype)), p.jaw.to(dtype))
         vertices = self.flame(p.shape.to(dtype), p.expression.to(dtype), rotations)
         scale, tx, ty = p.camera.to(dtype).unbind(-1)
         offset = torch.stack([tx, ty, torch.zeros_like(tx)], dim=-1)

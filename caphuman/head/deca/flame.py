@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from caphuman.head.rotations import axis_angle_to_matrix
+
 NUM_JOINTS = 5
 ROOT, NECK, JAW, LEFT_EYE, RIGHT_EYE = range(NUM_JOINTS)
 # generic_model.pkl's shapedirs hold 300 identity components before the expression ones.
@@ -59,36 +61,6 @@ class FlameModelData:
     parents: np.ndarray
     faces: np.ndarray
     shape_components: int = FLAME_SHAPE_COMPONENTS
-
-
-def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
-    """Rodrigues' formula: (..., 3) axis-angle vectors (radians) -> (..., 3, 3) rotation matrices.
-
-    R = I + sin(t) K + (1 - cos(t)) K^2 with t = |a| and K the cross-product matrix of a / t.
-    """
-    angle = torch.linalg.vector_norm(axis_angle, dim=-1, keepdim=True)
-    # A tiny floor keeps the division finite at a = 0, where K (and so R - I) is exactly zero.
-    axis = axis_angle / angle.clamp_min(1e-12)
-    x, y, z = axis.unbind(-1)
-    zeros = torch.zeros_like(x)
-    cross = torch.stack([zeros, -z, y, z, zeros, -x, -y, x, zeros], dim=-1).reshape(*axis.shape[:-1], 3, 3)
-    sin = torch.sin(angle)[..., None]
-    cos = torch.cos(angle)[..., None]
-    identity = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(cross)
-    return identity + sin * cross + (1.0 - cos) * (cross @ cross)
-
-
-def matrix_to_axis_angle(matrix: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 3) axis-angle (radians), for angles below pi."""
-    skew = torch.stack(
-        [matrix[..., 2, 1] - matrix[..., 1, 2], matrix[..., 0, 2] - matrix[..., 2, 0], matrix[..., 1, 0] - matrix[..., 0, 1]],
-        dim=-1,
-    )
-    sin_times_two = torch.linalg.vector_norm(skew, dim=-1, keepdim=True)
-    cos = ((matrix[..., 0, 0] + matrix[..., 1, 1] + matrix[..., 2, 2] - 1.0) / 2.0)[..., None]
-    angle = torch.atan2(sin_times_two / 2.0, cos.clamp(-1.0, 1.0))
-    # angle / (2 sin) -> 1/2 as the angle -> 0; the floor only guards the exact identity.
-    return skew * (angle / sin_times_two.clamp_min(1e-12))
 
 
 class FlameLayer(nn.Module):
