@@ -458,7 +458,7 @@ def check_deca_model(path: Path) -> str:
     from accelerate import init_empty_weights
 
     from caphuman.head.deca.files import load_deca_encoder_state
-    from caphuman.head.deca.deca_prior import DecaCoarseEncoder
+    from caphuman.head.deca.encoder import DecaCoarseEncoder
 
     state = load_deca_encoder_state(path)
     with init_empty_weights():  # names and shapes only; no weights are allocated

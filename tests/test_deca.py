@@ -22,17 +22,10 @@ from scipy.spatial import ConvexHull
 from scipy.spatial.transform import Rotation
 
 from caphuman.errors import CapHumanError, InputImageError, MissingWeightsError
+from caphuman.head.deca.crop import CropWindow, camera_from_deca
+from caphuman.head.deca.deca_prior import DecaHeadPrior, rotation_from_deca, uv_albedo_space
+from caphuman.head.deca.encoder import DECA_CODE_SIZE, DecaCoarseEncoder, load_deca_encoder
 from caphuman.head.deca.files import DecaAssetPaths, load_flame_model, load_flame_pickle, load_flame_texture
-from caphuman.head.deca.deca_prior import (
-    DECA_CODE_SIZE,
-    CropWindow,
-    DecaCoarseEncoder,
-    DecaHeadPrior,
-    camera_from_deca,
-    load_deca_encoder,
-    rotation_from_deca,
-    uv_albedo_space,
-)
 from caphuman.head.deca.flame import FlameLayer, FlameModelData
 from caphuman.head.hint import render_hint
 from caphuman.head.params import HeadParams

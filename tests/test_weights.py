@@ -99,7 +99,7 @@ def _tiny_flame(path: Path, vertices: int = 6) -> None:
 
 
 def test_doctor_checks_deca_and_flame_assets(tmp_path):
-    from caphuman.head.deca.deca_prior import DecaCoarseEncoder
+    from caphuman.head.deca.encoder import DecaCoarseEncoder
 
     entries = load_manifest()
     folder = tmp_path / "deca"

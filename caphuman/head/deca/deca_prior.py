@@ -1,44 +1,32 @@
 """The DECA / FLAME head prior: the backend the released CapHuman weights were trained with.
 
-DECA (Feng et al., SIGGRAPH 2021) regresses FLAME parameters from a 224 x 224 face crop with a
-ResNet-50 followed by two fully connected layers (2048 -> 1024 -> ReLU -> 236). The 236 numbers
-are, in this order: shape 100, albedo (texture) 50, expression 50, pose 6 (global rotation 3 +
-jaw 3, axis-angle), orthographic camera 3 (s, tx, ty) and SH lighting 27 (9 x RGB). This module
-re-implements the coarse encoder (module names match the ``E_flame`` entry of DECA's
-deca_model.tar), DECA's crop, and the conversion of its outputs into
-:class:`~caphuman.head.params.HeadParams` conventions.
-
-Crop (DECA's test-time crop, as CapHuman runs it): the photo is first resized to a 512 x 512
-square (CapHuman's TestData(size=512)); the face box is made square with side
-``int(box_size * 1.25)`` and resampled bilinearly to 224 x 224 RGB in [0, 1] (no mean/std
-normalisation). Box size and centre follow DECA's two rules: for a 68-landmark box, size =
-(w + h) / 2 * 1.1 around the box centre; for a detector box, size = (w + h) / 2 with the centre
-moved down by 0.12 * size. Our detector gives mediapipe's 478-point mesh, so the 68-landmark
-extent (eyebrows to chin, cheek to cheek) is taken from it.
+DECA (Feng et al., SIGGRAPH 2021) regresses FLAME parameters from a face crop
+(:mod:`caphuman.head.deca.encoder`, :mod:`caphuman.head.deca.crop`); this module turns its
+outputs into :class:`~caphuman.head.params.HeadParams` conventions and poses FLAME
+(:mod:`caphuman.head.deca.flame`) with them.
 
 Frames: FLAME's model frame is already the project's camera frame (x right in the image for a
-frontal head, y up, z towards the viewer). DECA projects x_crop = s (X + tx), y_crop = s (Y + ty)
-in the crop's [-1, 1] square (y up before DECA flips it for its rasteriser), so the conversion to
-whole-image normalised coordinates is only a scale and shift (see :func:`camera_from_deca`).
-The global rotation rotates the head about FLAME's root joint; :meth:`DecaHeadPrior.mesh` poses
-FLAME the same way, so a reconstructed head lands where DECA would render it.
+frontal head, y up, z towards the viewer), so DECA's crop camera converts by a scale and shift
+(:func:`caphuman.head.deca.crop.camera_from_deca`). The global rotation rotates the head about
+FLAME's root joint; :meth:`DecaHeadPrior.mesh` poses FLAME the same way, so a reconstructed head
+lands where DECA would render it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from skimage.transform import AffineTransform, resize, warp
-from torch import nn
+from skimage.transform import resize
 
 from caphuman.errors import CapHumanError, InputImageError
-from caphuman.head.deca.files import DecaAssetPaths, FlameTexture, load_deca_encoder_state, load_flame_model, load_flame_texture
+from caphuman.head.deca.crop import WORKING_SIZE, CropWindow, camera_from_deca, crop_face, crop_window_from_face
+from caphuman.head.deca.encoder import DecaCode, load_deca_encoder
+from caphuman.head.deca.files import DecaAssetPaths, FlameTexture, load_flame_model, load_flame_texture
 from caphuman.head.deca.flame import FlameLayer
 from caphuman.head.params import HeadParams
 from caphuman.head.prior import HeadMesh, HeadPrior, UVTexture
@@ -49,247 +37,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# DECA's parameter vector, in order (names as in DECA's code dictionary).
-DECA_CODE_LAYOUT: tuple[tuple[str, int], ...] = (
-    ("shape", 100),
-    ("tex", 50),
-    ("exp", 50),
-    ("pose", 6),
-    ("cam", 3),
-    ("light", 27),
-)
-DECA_CODE_SIZE = sum(size for _, size in DECA_CODE_LAYOUT)  # 236
 NUM_SHAPE, NUM_TEXTURE, NUM_EXPRESSION = 100, 50, 50
-
-CROP_SIZE = 224
 # DECA renders albedo from a 256 x 256 UV map (cfg.model.uv_size; FLAMETex resizes to it).
 UV_SIZE = 256
-CROP_SCALE = 1.25
-# CapHuman resizes every photo to this square before DECA sees it (TestData(size=512)).
-WORKING_SIZE = 512
-# DECA's two box rules (datasets.TestData.bbox2point).
-LANDMARK_BOX_ENLARGE = 1.1
-DETECTOR_BOX_SHIFT = 0.12
-
-# mediapipe face-mesh points of both eyebrows (FACEMESH_LEFT/RIGHT_EYEBROW): the top of a
-# 68-landmark box, which DECA's FAN landmarks start at.
-_EYEBROW_POINTS = (46, 52, 53, 55, 63, 65, 66, 70, 105, 107, 276, 282, 283, 285, 293, 295, 296, 300, 334, 336)
-_MESH_POINTS = 478
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoder
-
-
-class Bottleneck(nn.Module):
-    """ResNet-50 bottleneck: 1x1 reduce, 3x3 (carries the stride), 1x1 expand x4, identity/projection skip."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, width: int, stride: int = 1):
-        super().__init__()
-        out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + skip)
-
-
-class ResNet50Features(nn.Module):
-    """ResNet-50 (He et al. 2016; stages of 3, 4, 6, 3 bottlenecks) up to global average pooling.
-
-    Input (B, 3, 224, 224); output (B, 2048). No classifier head, as in DECA.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        channels = 64
-        for index, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), start=1):
-            stage = [Bottleneck(channels, width, stride)]
-            channels = width * Bottleneck.expansion
-            stage += [Bottleneck(channels, width) for _ in range(blocks - 1)]
-            setattr(self, f"layer{index}", nn.Sequential(*stage))
-        self.out_features = channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        # DECA pools with AvgPool2d(7) on the 7 x 7 map of a 224 crop: the same as a global mean.
-        return x.mean(dim=(2, 3))
-
-
-class DecaCoarseEncoder(nn.Module):
-    """DECA's ``E_flame``: ResNet-50 features -> Linear(2048, 1024) -> ReLU -> Linear(1024, 236).
-
-    State-dict keys match deca_model.tar's ``E_flame`` entry: ``encoder.*`` (the ResNet) and
-    ``layers.0.*`` / ``layers.2.*`` (the two linear layers).
-    """
-
-    def __init__(self, out_features: int = DECA_CODE_SIZE):
-        super().__init__()
-        self.encoder = ResNet50Features()
-        self.layers = nn.Sequential(nn.Linear(self.encoder.out_features, 1024), nn.ReLU(), nn.Linear(1024, out_features))
-
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) RGB crops in [0, 1] -> (B, 236) DECA code vectors."""
-        return self.layers(self.encoder(crops))
-
-
-@dataclass
-class DecaCode:
-    """DECA's outputs for a batch, split by :data:`DECA_CODE_LAYOUT`.
-
-    Attributes:
-        shape: (B, 100) FLAME shape.  tex: (B, 50) FLAME texture.  exp: (B, 50) FLAME expression.
-        pose: (B, 6) global (0:3) and jaw (3:6) axis-angle, radians, FLAME frame.
-        cam: (B, 3) orthographic (s, tx, ty) in the 224 crop's [-1, 1] square.
-        light: (B, 9, 3) SH coefficients per RGB channel.
-    """
-
-    shape: torch.Tensor
-    tex: torch.Tensor
-    exp: torch.Tensor
-    pose: torch.Tensor
-    cam: torch.Tensor
-    light: torch.Tensor
-
-    @classmethod
-    def from_vector(cls, vector: torch.Tensor) -> "DecaCode":
-        if vector.shape[-1] != DECA_CODE_SIZE:
-            raise ValueError(f"DECA code vectors have {DECA_CODE_SIZE} entries, got {vector.shape[-1]}.")
-        parts = dict(zip((name for name, _ in DECA_CODE_LAYOUT), vector.split([size for _, size in DECA_CODE_LAYOUT], dim=-1)))
-        return cls(
-            shape=parts["shape"],
-            tex=parts["tex"],
-            exp=parts["exp"],
-            pose=parts["pose"],
-            cam=parts["cam"],
-            light=parts["light"].reshape(-1, 9, 3),
-        )
-
-
-def load_deca_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> DecaCoarseEncoder:
-    """DECA's coarse encoder with the ``E_flame`` weights of deca_model.tar, in eval mode on ``device``.
-
-    Raises:
-        CapHumanError: keys missing from the checkpoint or tensors of the wrong shape.
-    """
-    state = load_deca_encoder_state(path)
-    encoder = DecaCoarseEncoder()
-    try:
-        result = encoder.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1].strip()
-        raise CapHumanError(f"DECA checkpoint '{path}' does not fit DECA's coarse encoder: {first}") from error
-    # BatchNorm's step counter is absent from checkpoints saved before PyTorch 0.4.1; it is unused.
-    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
-    if missing:
-        raise CapHumanError(
-            f"DECA checkpoint '{path}' lacks {len(missing)} E_flame weight(s), e.g. {', '.join(missing[:3])}."
-        )
-    if result.unexpected_keys:
-        logger.debug("Ignoring %d unused E_flame entries, e.g. %s", len(result.unexpected_keys), result.unexpected_keys[:3])
-    return encoder.to(device).eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Crop and conversions
-
-
-@dataclass(frozen=True)
-class CropWindow:
-    """DECA's square crop in the working image: pixels (left, top) .. (left + size, top + size).
-
-    DECA maps the window's first and last pixel to crop pixels 0 and 223 and renders its 224-wide
-    [-1, 1] square over 224 pixels, so one crop unit spans ``size * 224 / 223`` image pixels.
-    """
-
-    left: float
-    top: float
-    size: int
-    image_size: int
-
-    @property
-    def span(self) -> float:
-        """Image pixels covered by the crop's [-1, 1] range."""
-        return self.size * CROP_SIZE / (CROP_SIZE - 1)
-
-
-def crop_window_from_face(box: tuple[float, float, float, float], landmarks: np.ndarray | None, image_size: int) -> CropWindow:
-    """DECA's crop window for one face in a square working image of side ``image_size``.
-
-    With mediapipe's 478 mesh points the 68-landmark rule is used (eyebrows to chin, cheek to
-    cheek, x1.1); otherwise the detector-box rule (centre moved down by 0.12 of the size).
-    """
-    if landmarks is not None and landmarks.shape[0] == _MESH_POINTS:
-        points = landmarks[:, :2].astype(np.float64)
-        left, right = points[:, 0].min(), points[:, 0].max()
-        top, bottom = points[list(_EYEBROW_POINTS), 1].min(), points[:, 1].max()
-        old_size = (right - left + bottom - top) / 2.0 * LANDMARK_BOX_ENLARGE
-        center_x, center_y = (left + right) / 2.0, (top + bottom) / 2.0
-    else:
-        left, top, right, bottom = box
-        old_size = (right - left + bottom - top) / 2.0
-        center_x, center_y = (left + right) / 2.0, (top + bottom) / 2.0 + old_size * DETECTOR_BOX_SHIFT
-    size = int(old_size * CROP_SCALE)
-    if size < 2:
-        raise InputImageError("The detected face is too small to crop for DECA.")
-    return CropWindow(left=center_x - size / 2.0, top=center_y - size / 2.0, size=size, image_size=image_size)
-
-
-def crop_face(image: np.ndarray, window: CropWindow) -> np.ndarray:
-    """Resample DECA's 224 x 224 crop (bilinear, black outside the photo).
-
-    Args:
-        image: (S, S, 3) float RGB in [0, 1], the working image.
-    Returns:
-        (224, 224, 3) float32 RGB in [0, 1].
-    """
-    step = window.size / (CROP_SIZE - 1)
-    # Output pixel (col, row) -> working-image point (left + col * step, top + row * step).
-    crop_to_image = AffineTransform(matrix=np.array([[step, 0.0, window.left], [0.0, step, window.top], [0.0, 0.0, 1.0]]))
-    return warp(image, crop_to_image, output_shape=(CROP_SIZE, CROP_SIZE), order=1, mode="constant", cval=0.0).astype(np.float32)
-
-
-def camera_from_deca(cam: torch.Tensor, window: CropWindow) -> torch.Tensor:
-    """DECA's crop camera (s, tx, ty) -> our (scale, tx, ty) in whole-image normalised coordinates.
-
-    DECA: crop coordinate c = s (X + t) in [-1, 1] (y up); crop pixel offset (c + 1) / 2 * span
-    from the window's corner; our x = 2 u / S - 1 and y = 1 - 2 v / S. Hence
-    scale = s * span / S, tx = (2 left + span) / S - 1 + s tx_deca span / S and
-    ty = 1 - (2 top + span) / S + s ty_deca span / S.
-    """
-    size = float(window.image_size)
-    ratio = window.span / size
-    s, tx, ty = cam.unbind(-1)
-    return torch.stack(
-        [
-            s * ratio,
-            (2.0 * window.left + window.span) / size - 1.0 + s * tx * ratio,
-            1.0 - (2.0 * window.top + window.span) / size + s * ty * ratio,
-        ],
-        dim=-1,
-    )
+# Conversions
 
 
 def rotation_from_deca(global_axis_angle: torch.Tensor) -> torch.Tensor:
@@ -490,17 +244,7 @@ class DecaHeadPrior(HeadPrior):
 
 
 __all__ = [
-    "DECA_CODE_LAYOUT",
-    "DECA_CODE_SIZE",
-    "CropWindow",
-    "DecaCode",
-    "DecaCoarseEncoder",
     "DecaHeadPrior",
-    "ResNet50Features",
-    "camera_from_deca",
-    "crop_face",
-    "crop_window_from_face",
-    "load_deca_encoder",
     "rotation_from_deca",
     "uv_albedo_space",
 ]
