@@ -14,7 +14,8 @@ from scipy.spatial.transform import Rotation
 
 from caphuman.errors import CapHumanError
 from caphuman.head.deca.deca_prior import DecaHeadPrior
-from caphuman.head.landmarks import load_flame_landmarks, project, to_image_fraction
+from caphuman.head.deca.flame_landmarks import load_flame_landmarks
+from caphuman.head.landmarks import project, to_image_fraction
 from caphuman.head.params import HeadParams
 from tests.test_deca import assets_dir  # noqa: F401  (module fixture: a tiny FLAME + DECA folder)
 

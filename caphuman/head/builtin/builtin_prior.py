@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 from caphuman.errors import InputImageError
+from caphuman.faces.detection import FaceDetector, select_face
 from caphuman.head.builtin.morphable_model import MorphableFaceModel, default_model, mesh_edges, mirror_indices
+from caphuman.head.landmarks import project
 from caphuman.head.params import HeadParams
 from caphuman.head.prior import HeadMesh, HeadPrior
 from caphuman.head.renderer import vertex_normals
@@ -47,6 +49,21 @@ logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "builtin"
 DEFAULT_SUBDIVISIONS = 2
+
+# The 68 face landmarks (iBUG 300-W layout, caphuman/head/landmarks.py) on mediapipe's face mesh:
+# 68-point layout index -> face-mesh vertex, the usual correspondence.
+MEDIAPIPE_68: tuple[int, ...] = (
+    # jaw line, from the subject's right ear (image left) to the left
+    162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
+    # right brow, left brow
+    71, 63, 105, 66, 107, 336, 296, 334, 293, 301,
+    # nose bridge, nose base
+    168, 197, 5, 4, 75, 97, 2, 326, 305,
+    # right eye, left eye (outer corner, upper lid, inner corner, lower lid)
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    # outer lips, inner lips
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 87,
+)
 
 # A vertex whose normal makes less than this cosine with the view direction is too oblique for
 # its photo colour to be trusted: it takes its mirror partner's albedo instead (blended up to
@@ -232,8 +249,6 @@ class BuiltinHeadPrior(HeadPrior):
         Raises:
             InputImageError: no face (or not that many faces) in the photo.
         """
-        from caphuman.faces.detection import FaceDetector, select_face
-
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputImageError(f"{source} is not an RGB uint8 image (got {getattr(image, 'shape', type(image))}).")
         if self._detector is None:
@@ -316,9 +331,7 @@ class BuiltinHeadPrior(HeadPrior):
 
     def landmarks68(self, params: HeadParams) -> torch.Tensor:
         """(B, 68, 2) face landmarks in normalised camera coordinates (x right, y up), posed like
-        :meth:`mesh` (the mesh points at caphuman.head.landmarks.MEDIAPIPE_68)."""
-        from caphuman.head.landmarks import MEDIAPIPE_68, project
-
+        :meth:`mesh` (the mesh points at :data:`MEDIAPIPE_68`)."""
         if params.backend != self.name:
             raise ValueError(f"BuiltinHeadPrior.landmarks68 got parameters of the '{params.backend}' prior.")
         dtype = torch.float32

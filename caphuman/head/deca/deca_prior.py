@@ -17,23 +17,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from skimage.transform import resize
 
 from caphuman.errors import CapHumanError, InputImageError
+from caphuman.faces.detection import FaceDetector, select_face
 from caphuman.head.deca.crop import WORKING_SIZE, CropWindow, camera_from_deca, crop_face, crop_window_from_face
 from caphuman.head.deca.encoder import DecaCode, load_deca_encoder
 from caphuman.head.deca.files import DecaAssetPaths, FlameTexture, load_flame_model, load_flame_texture
 from caphuman.head.deca.flame import FlameLayer
+from caphuman.head.deca.flame_landmarks import FLAME_LANDMARK_FILE, flame_landmarks68, load_flame_landmarks
 from caphuman.head.params import HeadParams
 from caphuman.head.prior import HeadMesh, HeadPrior, UVTexture
 from caphuman.head.rotations import axis_angle_to_matrix, matrix_to_yaw_pitch_roll, yaw_pitch_roll_to_matrix
-
-if TYPE_CHECKING:
-    from caphuman.faces.detection import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +134,6 @@ class DecaHeadPrior(HeadPrior):
 
     def _load_landmarks(self, weights_dir):
         """DECA's landmark_embedding.npy (optional: only the OpenPose map's face dots need it)."""
-        from caphuman.head.landmarks import FLAME_LANDMARK_FILE, load_flame_landmarks
-
         for folder in (Path(weights_dir) / "deca", Path(weights_dir)):
             if (folder / FLAME_LANDMARK_FILE).is_file():
                 return load_flame_landmarks(folder / FLAME_LANDMARK_FILE).to(self.device)
@@ -147,8 +143,6 @@ class DecaHeadPrior(HeadPrior):
         """(B, 68, 2) DECA's ``landmarks2d`` in normalised camera coordinates (x right, y up): on the
         posed mesh of :meth:`mesh`, which already carries the orthographic camera (a barycentric
         point of the camera-mapped mesh is the camera-mapped point)."""
-        from caphuman.head.landmarks import flame_landmarks68
-
         if self.landmark_embedding is None:
             raise NotImplementedError(
                 "The 'deca' head prior needs deca/landmark_embedding.npy (DECA's data/ folder) for the 68 face landmarks."
@@ -160,8 +154,6 @@ class DecaHeadPrior(HeadPrior):
     @property
     def detector(self) -> FaceDetector:
         if self._detector is None:
-            from caphuman.faces.detection import FaceDetector
-
             self._detector = FaceDetector()
         return self._detector
 
@@ -185,8 +177,6 @@ class DecaHeadPrior(HeadPrior):
         Raises:
             InputImageError: bad image array, no face, or ``face_index`` out of range.
         """
-        from caphuman.faces.detection import select_face
-
         working = self.working_image(image)
         # The caller announced the face choice when it picked the face (logged once per photo).
         face = select_face(self.detector.detect(working), face_index, source, announce=False)
