@@ -15,8 +15,9 @@ import torch
 from caphuman.errors import InputImageError
 from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 from caphuman.conditions.hint_layout import HINT_CHANNELS
+from caphuman.head.builtin.expression_basis import EXPRESSION_NAMES
+from caphuman.head.builtin.morphable_model import default_model
 from caphuman.head.hint import render_hint, hint_preview
-from caphuman.head.builtin.morphable_model import EXPRESSION_NAMES, default_model
 from caphuman.head.params import HeadParams, set_pose, transfer
 from caphuman.head.renderer import MeshRenderer
 from caphuman.head.rotations import yaw_pitch_roll_to_matrix

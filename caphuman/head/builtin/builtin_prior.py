@@ -17,7 +17,7 @@ Reconstruction of one face (:meth:`BuiltinHeadPrior.reconstruct`):
 
 Parameters (:class:`caphuman.head.params.HeadParams`, backend "builtin"):
 shape (1, 468*3) identity offsets in cm; expression (1, 8) coefficients of
-``morphable_model.EXPRESSION_NAMES``; jaw (1, 3) axis-angle radians; rotation, camera as in
+``expression_basis.EXPRESSION_NAMES``; jaw (1, 3) axis-angle radians; rotation, camera as in
 params.py; albedo (1, V_fine, 3) per-vertex albedo of the subdivided mesh in [0, 1]; lighting
 (1, 9, 3).
 
