@@ -25,7 +25,7 @@ def _run_cli(monkeypatch, module: str, argv: list[str]) -> int:
 def test_manifest_lists_every_path_the_code_reads():
     entries = load_manifest()
     paths = {entry.path for entry in entries.values()}
-    # Paths hard-coded in loaders (caphuman/loading.py, commands/sample.py, head/assets.py).
+    # Paths hard-coded in loaders (caphuman/loading.py, commands/sample.py, head/deca/files.py).
     for path in ("facenet/20180402-114759-vggface2.pt", "arcface/glintr100.onnx", "face-parsing/79999_iter.pth",
                  "deca/deca_model.tar", "deca/generic_model.pkl", "deca/FLAME_texture.npz"):  # fmt: skip
         assert path in paths, path

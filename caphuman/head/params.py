@@ -4,8 +4,9 @@ Conventions (every backend converts to these, so transfer and rendering never de
 backend):
 - Camera frame: x right, y up, z towards the viewer (OpenGL). Projection is orthographic.
 - ``rotation`` is (yaw, pitch, roll) in degrees, applied to the frontal head as
-  R = Rz(roll) @ Rx(pitch) @ Ry(yaw): positive yaw turns the nose towards the image's right,
-  positive pitch tilts the nose down, positive roll turns the head counter-clockwise in the image.
+  R = Rz(roll) @ Rx(pitch) @ Ry(yaw) (:func:`caphuman.head.rotations.yaw_pitch_roll_to_matrix`):
+  positive yaw turns the nose towards the image's right, positive pitch tilts the nose down,
+  positive roll turns the head counter-clockwise in the image.
 - ``camera`` is (scale, tx, ty): a point X of the rotated head lands at normalised image
   coordinates x = scale * X_x + tx, y = scale * X_y + ty, with x, y in [-1, 1] (y up); the pixel
   is u = (x + 1) / 2 * W, v = (1 - y) / 2 * H.

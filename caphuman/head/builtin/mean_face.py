@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caphuman.faces.detection import FaceDetector
 from caphuman.head.builtin.similarity import refine_similarity, umeyama
 from caphuman.outputs import atomic_path
 
@@ -260,8 +261,6 @@ class Detection:
 
 def detect_reference_faces(photos: dict[str, np.ndarray], detector=None) -> list[Detection]:
     """The largest face of each photo and of its mirror image; photos without a face are skipped."""
-    from caphuman.faces.detection import FaceDetector
-
     owned = detector is None
     detector = FaceDetector(max_faces=1) if owned else detector
     detections = []
