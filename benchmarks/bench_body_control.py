@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from caphuman.conditions.identity import IdentityInputs
 from caphuman.models.adapter import CapHumanAdapter
-from caphuman.models.backbone import random_sd15_backbone
+from caphuman.models.tiny import random_sd15_backbone
 from caphuman.models.body_controlnet import load_body_controlnet, original_controlnet_state_dict
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler

@@ -33,7 +33,7 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from caphuman.acceleration import apply_speed_options
 from caphuman.conditions.identity import IdentityInputs
 from caphuman.models.adapter import CapHumanAdapter
-from caphuman.models.backbone import random_sd15_backbone
+from caphuman.models.tiny import random_sd15_backbone
 from caphuman.models.tiny import tiny_backbone
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler

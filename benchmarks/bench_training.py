@@ -107,7 +107,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("sd15 (configs/train_sd15.yaml) batch 16 fp16: skipped, no CUDA GPU on this machine.")
         return
-    from caphuman.models.backbone import random_sd15_backbone
+    from caphuman.models.tiny import random_sd15_backbone
 
     sd15 = load_train_config("configs/train_sd15.yaml", [f"training.data.batch_size={args.sd15_batch}"])
     device = torch.device("cuda")

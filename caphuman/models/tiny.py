@@ -1,6 +1,7 @@
-"""Tiny, randomly initialised, seeded components with CapHuman's real architecture.
+"""Randomly initialised, seeded backbones built locally: tiny ones with CapHuman's real architecture
+(tests, the tiny config) and the full-size SD 1.5 one (benchmarks).
 
-They follow diffusers' own test components (a few channels, cross-attention width 32, 32-wide
+The tiny ones follow diffusers' own test components (a few channels, cross-attention width 32, 32-wide
 CLIP), but keep SD's 8x VAE downsampling so the hint, latent and image sizes relate as in the
 real model. Built locally; nothing is downloaded.
 """
@@ -12,6 +13,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
 from caphuman.config import TinyModelConfig
+from caphuman.models.architectures import CLIP_VIT_L14_VISION, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 from caphuman.models.backbone import Backbone, clip_image_processor
 from caphuman.schedulers import SD15_SCHEDULE
 
@@ -113,5 +115,29 @@ def tiny_backbone(config: TinyModelConfig | None = None) -> Backbone:
         tokenizer=tokenizer,
         image_encoder=image_encoder,
         image_processor=clip_image_processor(config.vision_image_size),
+        scheduler_config=dict(SD15_SCHEDULE),
+    ).freeze()
+
+
+def random_sd15_backbone(seed: int = 0, with_clip_vision: bool = True) -> Backbone:
+    """The full-size SD 1.5 + CLIP ViT-L/14 architecture with random weights (for benchmarks).
+
+    The tokenizer is the tiny character-level one: tokenisation cost does not matter to timing.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SD15_UNET)
+    vae = AutoencoderKL(**SD15_VAE)
+    tokenizer = tiny_tokenizer()
+    text_config = dict(SD15_TEXT_ENCODER, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    vision_config = CLIP_VIT_L14_VISION if with_clip_vision else dict(CLIP_VIT_L14_VISION, num_hidden_layers=1)
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(**vision_config))
+    return Backbone(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        image_encoder=image_encoder,
+        image_processor=clip_image_processor(CLIP_VIT_L14_VISION["image_size"]),
         scheduler_config=dict(SD15_SCHEDULE),
     ).freeze()
