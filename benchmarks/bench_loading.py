@@ -32,7 +32,7 @@ MEDIUM = {
 
 CHILD = r"""
 import json, sys, time, torch
-from caphuman.models.sd_loading import SDArchitecture, load_single_file
+from caphuman.weights.stable_diffusion import SDArchitecture, load_single_file
 def peak_mb():
     # VmHWM is this process's own peak RSS; ru_maxrss would also carry the parent's peak
     # across fork + exec.
@@ -90,7 +90,7 @@ def write_checkpoints(size: str, folder: Path) -> tuple[Path, list[Path]]:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from caphuman.convert import export_original_sd
+    from caphuman.weights.ldm_layout import export_original_sd
 
     arch = architecture(size)
     torch.manual_seed(0)

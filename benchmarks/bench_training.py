@@ -44,7 +44,7 @@ def synthetic_batch(batch_size: int, image_size: int, clip_size: int, embed_dim:
 def measure(config, backbone, device: torch.device, steps: int, warmup: int = 2) -> tuple[float, float]:
     """(samples per second, peak memory in GiB: CUDA allocated on GPU, process max RSS on CPU)."""
     from caphuman.config import CapHumanConfig
-    from caphuman.loading import load_adapter
+    from caphuman.build import load_adapter
     from caphuman.training.module import CapHumanTrainingModule, step_generator
 
     adapter = load_adapter(CapHumanConfig(model=config.model), backbone, config.training.weights_dir)

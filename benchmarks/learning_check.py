@@ -407,7 +407,7 @@ def run_learning_check(settings: LearningCheckSettings) -> LearningCheckResult:
 def _run(settings: LearningCheckSettings) -> LearningCheckResult:
     from caphuman.config import CapHumanConfig
     from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
-    from caphuman.loading import load_adapter
+    from caphuman.build import load_adapter
     from caphuman.models.tiny import tiny_backbone
     from caphuman.training.config import load_train_config
 

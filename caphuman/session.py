@@ -94,7 +94,7 @@ class CapHumanSession:
         device: str | torch.device | None = "auto",
         progress_bar: bool = True,
     ):
-        from caphuman.loading import resolve_device
+        from caphuman.build import resolve_device
 
         self.config = config
         self.weights_dir = str(weights_dir)
@@ -137,7 +137,8 @@ class CapHumanSession:
             MissingWeightsError: "bisenet" was asked for and its file is missing.
         """
         if not self._parser_loaded:
-            from caphuman.loading import FACE_PARSER_FILE, load_face_parser, weights_path
+            from caphuman.build import load_face_parser
+            from caphuman.weights.registry import default_location
 
             choice = self.config.identity.face_parser
             if choice == "mesh":
@@ -145,11 +146,11 @@ class CapHumanSession:
             elif choice == "bisenet":
                 from caphuman.faces.bisenet import FaceParser
 
-                self._parser = FaceParser.from_file(weights_path(self.weights_dir, FACE_PARSER_FILE), device=self.device)
+                self._parser = FaceParser.from_file(default_location("face_parsing", self.weights_dir), device=self.device)
             else:
                 self._parser = load_face_parser(self.weights_dir, self.device)
                 if self._parser is None:
-                    path = weights_path(self.weights_dir, FACE_PARSER_FILE)
+                    path = default_location("face_parsing", self.weights_dir)
                     logger.info("No face-parsing weights at %s; using the face-mesh oval as the face region.", path)
             self._parser_loaded = True
         return self._parser
@@ -163,7 +164,7 @@ class CapHumanSession:
     def recognizer(self):
         """The global identity model (FaceNet, ArcFace, dlib or the tiny stand-in)."""
         if self._recognizer is None:
-            from caphuman.loading import load_face_recognizer
+            from caphuman.build import load_face_recognizer
 
             self._recognizer = load_face_recognizer(self.config, self.weights_dir, self.device)
         return self._recognizer
@@ -172,7 +173,7 @@ class CapHumanSession:
     def head_prior(self):
         """DECA/FLAME or the built-in prior (``model.head_prior``), sharing the detector."""
         if self._head_prior is None:
-            from caphuman.loading import load_head_prior
+            from caphuman.build import load_head_prior
 
             self._head_prior = load_head_prior(self.config.model.head_prior, self.weights_dir, self.detector, self.device)
         return self._head_prior
@@ -181,7 +182,7 @@ class CapHumanSession:
     def pipeline(self):
         """The CapHuman pipeline (backbone, adapter, scheduler), sharing this session's recogniser."""
         if self._pipeline is None:
-            from caphuman.loading import build_pipeline
+            from caphuman.build import build_pipeline
 
             self._pipeline = build_pipeline(self.config, self.weights_dir, str(self.device), face_recognizer=self.recognizer)
             self._pipeline.set_progress_bar_config(disable=not self.progress_bar)

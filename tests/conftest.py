@@ -32,7 +32,7 @@ TINY_CONFIG = "configs/tiny.yaml"
 def tiny_backbone():
     """The tiny backbone of configs/tiny.yaml, built once per session (nothing is read from disk)."""
     from caphuman.config import load_config
-    from caphuman.loading import load_backbone
+    from caphuman.build import load_backbone
 
     return load_backbone(load_config(TINY_CONFIG), weights_dir="checkpoints")
 
@@ -43,7 +43,7 @@ def tiny_pipeline():
     ``build_pipeline``, the builder `caphuman sample` calls; its own modules, so a test may cast or
     change them without touching other tests."""
     from caphuman.config import load_config
-    from caphuman.loading import build_pipeline
+    from caphuman.build import build_pipeline
 
     pipe = build_pipeline(load_config(TINY_CONFIG), weights_dir="checkpoints", device="cpu")
     pipe.set_progress_bar_config(disable=True)

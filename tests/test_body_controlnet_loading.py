@@ -15,10 +15,10 @@ from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.models.architectures import SD15_UNET
 from caphuman.models.body_controlnet import (
     controlnet_config_from_unet,
-    convert_original_controlnet,
     load_body_controlnet,
     original_controlnet_state_dict,
 )
+from caphuman.weights.ldm_layout import controlnet_from_ldm
 
 
 @pytest.fixture()
@@ -58,7 +58,7 @@ def test_original_file_round_trips(tmp_path, tiny_backbone, random_controlnet, s
 
 def test_keys_without_control_model_prefix_convert_too(tiny_backbone, random_controlnet):
     bare = {key.removeprefix("control_model."): value for key, value in original_controlnet_state_dict(random_controlnet).items()}
-    converted = convert_original_controlnet(bare, controlnet_config_from_unet(tiny_backbone.unet.config))
+    converted = controlnet_from_ldm(bare, controlnet_config_from_unet(tiny_backbone.unet.config))
     assert converted.keys() == random_controlnet.state_dict().keys()
 
 
@@ -90,7 +90,7 @@ def test_full_sd15_layout_converts_without_gaps():
     assert tuple(original["control_model.input_hint_block.0.weight"].shape) == (16, 3, 3, 3)
     assert tuple(original["control_model.input_hint_block.14.weight"].shape) == (320, 256, 3, 3)
     assert len([key for key in original if key.startswith("control_model.zero_convs.")]) == 24  # 12 convs
-    assert convert_original_controlnet(original, config).keys() == controlnet.state_dict().keys()
+    assert controlnet_from_ldm(original, config).keys() == controlnet.state_dict().keys()
 
 
 def test_bad_files_are_refused(tmp_path, tiny_backbone, random_controlnet):
@@ -110,7 +110,8 @@ def test_bad_files_are_refused(tmp_path, tiny_backbone, random_controlnet):
 
 
 def test_doctor_checks_both_forms(tmp_path, random_controlnet):
-    from caphuman.weights import STATUS_MALFORMED, STATUS_MISSING, STATUS_PRESENT, check_entry, load_manifest
+    from caphuman.weights.checks import STATUS_MALFORMED, STATUS_MISSING, STATUS_PRESENT, check_entry
+    from caphuman.weights.registry import load_manifest
 
     entries = load_manifest()
     single, folder = entries["body_controlnet"], entries["body_controlnet_diffusers"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from caphuman.convert import convert_original_checkpoint, convert_original_state_dict, export_original
+from caphuman.weights.original_checkpoint import convert_original_checkpoint, convert_original_state_dict, export_original
 from caphuman.errors import CapHumanError
 from caphuman.models.adapter import CapHumanAdapter
 

@@ -10,7 +10,7 @@ import torch
 
 from caphuman.config import load_config
 from caphuman.errors import CapHumanError, MissingWeightsError
-from caphuman.loading import build_pipeline, resolve_device, resolve_dtype
+from caphuman.build import build_pipeline, resolve_device, resolve_dtype
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

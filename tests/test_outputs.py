@@ -68,7 +68,7 @@ def sample(face: Path, out: Path, *extra: str) -> int:
 def original_checkpoint(tmp_path_factory, tiny_backbone):
     """A tiny checkpoint in the original release's key layout (as test_convert.py builds it) and
     its CapFace config (the CLI assumes SD 1.5 sizes; the library takes the tiny config)."""
-    from caphuman.convert import export_original
+    from caphuman.weights.original_checkpoint import export_original
     from caphuman.models.adapter import CapHumanAdapter
 
     adapter = CapHumanAdapter.from_unet(tiny_backbone.unet, 512, tiny_backbone.image_encoder.config.hidden_size, seed=0)
@@ -78,7 +78,7 @@ def original_checkpoint(tmp_path_factory, tiny_backbone):
 
 
 def test_convert_refuses_a_folder_of_other_files_and_keeps_them(tmp_path, original_checkpoint, caplog):
-    from caphuman.convert import convert_original_checkpoint
+    from caphuman.weights.original_checkpoint import convert_original_checkpoint
 
     path, capface_config = original_checkpoint
     weights = tmp_path / "checkpoints"
@@ -98,7 +98,7 @@ def test_convert_refuses_a_folder_of_other_files_and_keeps_them(tmp_path, origin
 
 
 def test_convert_writes_with_the_umask_and_replaces_an_adapter_only_with_overwrite(tmp_path, original_checkpoint, caplog):
-    from caphuman.convert import convert_original_checkpoint
+    from caphuman.weights.original_checkpoint import convert_original_checkpoint
 
     path, capface_config = original_checkpoint
     out = tmp_path / "caphuman"

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from caphuman.config import load_config
-from caphuman.convert import export_original_sd, ldm_vae_state_dict
+from caphuman.weights.ldm_layout import export_original_sd, ldm_vae_state_dict
 from caphuman.errors import CapHumanError
-from caphuman.models.sd_loading import SDArchitecture, load_sd15_backbone, load_single_file, load_vae
+from caphuman.weights.stable_diffusion import SDArchitecture, load_sd15_backbone, load_single_file, load_vae
 
 
 def _assert_same_weights(loaded: torch.nn.Module, reference: torch.nn.Module) -> None:

@@ -129,7 +129,7 @@ def test_resume_with_dataloader_workers_continues_with_exactly_the_same_losses(t
 def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_backbone, dataset_root):
     """Recompute one batch's loss by hand (closed-form noising, manual projections)."""
     from caphuman.config import CapHumanConfig
-    from caphuman.loading import load_adapter
+    from caphuman.build import load_adapter
     from caphuman.training.module import CapHumanTrainingModule, step_generator
 
     config = tiny_config("unused", dataset_root, **{"training.mask_loss_weight": 0.7})
@@ -195,7 +195,7 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
 def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_path, tiny_backbone, dataset_root):
     from caphuman.conditions.identity import IdentityInputs
     from caphuman.config import load_config
-    from caphuman.loading import build_pipeline
+    from caphuman.build import build_pipeline
     from caphuman.pipeline import CapHumanPipeline
     from caphuman.schedulers import make_scheduler
     from caphuman.training.callbacks import find_ema
@@ -221,7 +221,7 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
         assert (trained[key] - initial[key]).abs().max() > 1e-6, key
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
 
-    # Sampling through caphuman.loading with the export == sampling with the in-memory EMA weights.
+    # Sampling through caphuman.build with the export == sampling with the in-memory EMA weights.
     reference = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.image_processor,
                                 dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False)
     record = next(iter(reference))

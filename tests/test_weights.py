@@ -10,7 +10,8 @@ import scipy.sparse
 import torch
 import yaml
 
-from caphuman.weights import DEFAULT_MANIFEST, STATUS_MALFORMED, STATUS_MISSING, STATUS_PRESENT, check_entry, load_manifest
+from caphuman.weights.checks import STATUS_MALFORMED, STATUS_MISSING, STATUS_PRESENT, check_entry
+from caphuman.weights.registry import DEFAULT_MANIFEST, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def _run_cli(monkeypatch, module: str, argv: list[str]) -> int:
 def test_manifest_lists_every_path_the_code_reads():
     entries = load_manifest()
     paths = {entry.path for entry in entries.values()}
-    # Paths hard-coded in loaders (caphuman/loading.py, commands/sample.py, head/deca/files.py).
+    # Paths the loaders look up by entry name (caphuman/build.py, head/deca/files.py, eval/identity_similarity.py).
     for path in ("facenet/20180402-114759-vggface2.pt", "arcface/glintr100.onnx", "face-parsing/79999_iter.pth",
                  "deca/deca_model.tar", "deca/generic_model.pkl", "deca/FLAME_texture.npz"):  # fmt: skip
         assert path in paths, path
@@ -52,7 +53,7 @@ def test_doctor_on_empty_folder_lists_everything_missing(tmp_path, monkeypatch, 
 
 
 def test_doctor_reports_present_and_malformed_without_traceback(tmp_path, monkeypatch, capsys, tiny_backbone):
-    from caphuman.convert import export_original_sd
+    from caphuman.weights.ldm_layout import export_original_sd
     from facenet_pytorch import InceptionResnetV1
 
     # A FaceNet state dict with the published names, and a BiSeNet file with wrong keys.

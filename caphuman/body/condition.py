@@ -98,7 +98,7 @@ def check_body_inputs(args: argparse.Namespace, config) -> np.ndarray | None:
             "(`caphuman download body_controlnet` fetches control_v11p_sd15_openpose.pth)."
         )
     if strength > 0:
-        from caphuman.loading import weights_path
+        from caphuman.weights.registry import weights_path
         from caphuman.models.body_controlnet import BODY_CONTROLNET_SOURCE
         from caphuman.errors import MissingWeightsError
 

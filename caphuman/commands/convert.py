@@ -40,7 +40,7 @@ def check_output_folder(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_folder(args)
-    from caphuman.convert import convert_original_checkpoint
+    from caphuman.weights.original_checkpoint import convert_original_checkpoint
 
     report = convert_original_checkpoint(args.source, args.out)
     logger.info("Wrote %s (%d tensors); set model.caphuman to it.", args.out, report.converted)

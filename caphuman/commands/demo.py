@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     check_address(args.host, args.port)
     from caphuman.config import load_config
     from caphuman.demo.callbacks import DemoBackend
-    from caphuman.loading import resolve_device
+    from caphuman.build import resolve_device
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line per request
     load_config(args.config)  # a bad config fails here, before gradio starts

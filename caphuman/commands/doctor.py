@@ -42,7 +42,8 @@ def builtin_backends() -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from caphuman.config import load_config
     from caphuman.errors import CapHumanError
-    from caphuman.weights import MANIFEST_FILE, capability_status, check_entry, load_manifest
+    from caphuman.weights.checks import capability_status, check_entry
+    from caphuman.weights.registry import MANIFEST_FILE, load_manifest
 
     weights_dir = Path(args.weights)
     manifest = args.manifest or (weights_dir / MANIFEST_FILE if (weights_dir / MANIFEST_FILE).is_file() else None)

@@ -69,7 +69,7 @@ def download_entry(entry, weights_dir: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caphuman.weights import load_manifest
+    from caphuman.weights.registry import load_manifest
 
     entries = load_manifest()
     weights_dir = Path(args.weights)

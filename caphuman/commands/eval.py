@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     from caphuman.eval.report import ReportNotes, write_report
     from caphuman.eval.runner import generate, missing_images, owned_units, update_manifest
     from caphuman.eval.scoring import Scorer, score_run
-    from caphuman.loading import resolve_device
+    from caphuman.build import resolve_device
     from caphuman.outputs import write_json_atomically
     from caphuman.parallel import device_for_part, resolve_part, wait_for_all_ranks
 

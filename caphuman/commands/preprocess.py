@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     device = args.device
     if part.torchrun:
-        from caphuman.loading import resolve_device
+        from caphuman.build import resolve_device
         from caphuman.parallel import device_for_part
 
         device = str(device_for_part(resolve_device(args.device), part))  # one GPU per rank

@@ -206,7 +206,7 @@ def _train(
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from caphuman.config import CapHumanConfig, save_config
-    from caphuman.loading import load_adapter, load_backbone
+    from caphuman.build import load_adapter, load_backbone
     from caphuman.quiet import quiet_lightning
     from caphuman.training.callbacks import EMACallback, ExportCallback, ValidationSamplesCallback
     from caphuman.training.module import CapHumanTrainingModule, ResumableBatches

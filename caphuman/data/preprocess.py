@@ -550,18 +550,15 @@ def _preprocess_locked(
     )
 
     # Checked before any model loads, so a mismatched rerun fails in a second.
-    from caphuman.loading import FACE_PARSER_FILE
+    from caphuman.weights.registry import default_location, missing_weights
 
+    parser_path = default_location("face_parsing", settings.weights)
     parser_choice = config.identity.face_parser
     if parser_choice == "auto":
-        parser_choice = "bisenet" if (Path(settings.weights) / FACE_PARSER_FILE).is_file() else "mesh"
+        parser_choice = "bisenet" if parser_path.is_file() else "mesh"
     face_parser = "bisenet" if parser_choice == "bisenet" else "mesh_oval"
-    if face_parser == "bisenet" and not (Path(settings.weights) / FACE_PARSER_FILE).is_file():
-        from caphuman.errors import MissingWeightsError
-        from caphuman.faces.bisenet import BISENET_WEIGHTS_SOURCE
-
-        what = "BiSeNet face-parsing weights (identity.face_parser: bisenet)"
-        raise MissingWeightsError(what, str(Path(settings.weights) / FACE_PARSER_FILE), BISENET_WEIGHTS_SOURCE)
+    if face_parser == "bisenet" and not parser_path.is_file():
+        raise missing_weights("face_parsing", "BiSeNet face-parsing weights (identity.face_parser: bisenet)", parser_path)
     _check_or_write_settings(out, dataset_settings(settings, config, face_parser))
     processor: Optional[PhotoProcessor] = None
     pool = None

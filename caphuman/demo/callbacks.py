@@ -170,7 +170,7 @@ class DemoBackend:
 
     def body_control_available(self) -> bool:
         """Whether the config names an OpenPose ControlNet and its file is there."""
-        from caphuman.loading import weights_path
+        from caphuman.weights.registry import weights_path
 
         name = self.base_config.model.body_controlnet
         return name is not None and weights_path(self.weights_dir, name).exists()

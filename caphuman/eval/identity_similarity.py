@@ -26,7 +26,7 @@ from caphuman.errors import CapHumanError
 from caphuman.faces.detection import DetectedFace
 from caphuman.faces.recognizer import FaceRecognizer
 from caphuman.faces.reference import recognizer_crop
-from caphuman.loading import ARCFACE_FILES, FACENET_FILE
+from caphuman.weights.registry import default_location, weights_entry, weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ def resolve_identity_model(choice: str, weights_dir: str | Path, device: torch.d
     if choice not in IDENTITY_MODELS:
         raise CapHumanError(f"Unknown identity model '{choice}'; choose from {', '.join(IDENTITY_MODELS)}.")
     weights_dir = Path(weights_dir)
-    facenet_path = weights_dir / FACENET_FILE
-    arcface_path = next((weights_dir / name for name in ARCFACE_FILES if (weights_dir / name).is_file()), weights_dir / ARCFACE_FILES[0])
+    facenet_path = default_location("facenet", weights_dir)
+    arcface = weights_entry("arcface")
+    arcface_candidates = [weights_path(weights_dir, relative) for relative in (arcface.path, *arcface.alternative_paths)]
+    arcface_path = next((path for path in arcface_candidates if path.is_file()), arcface_candidates[0])
     if choice == "facenet" or (choice == "auto" and facenet_path.is_file()):
         from caphuman.faces.facenet import FaceNetRecognizer
 
@@ -71,7 +73,8 @@ def resolve_identity_model(choice: str, weights_dir: str | Path, device: torch.d
     from caphuman.faces.dlib_recognizer import DlibRecognizer
 
     if choice == "auto":
-        logger.info("No FaceNet (%s) or ArcFace weights under %s: scoring identity with dlib's recogniser.", FACENET_FILE, weights_dir)
+        facenet_file = weights_entry("facenet").path
+        logger.info("No FaceNet (%s) or ArcFace weights under %s: scoring identity with dlib's recogniser.", facenet_file, weights_dir)
     label = "dlib ResNet cosine" + (" (offline fallback: no FaceNet/ArcFace weights)" if choice == "auto" else "")
     return IdentityModel(DlibRecognizer(), label)
 

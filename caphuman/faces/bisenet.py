@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from caphuman.faces.facenet import load_matching_state_dict, read_state_dict_file
+from caphuman.weights.files import read_state_dict, without_data_parallel_prefix
+from caphuman.weights.strict import is_batchnorm_counter, load_checked
 
 logger = logging.getLogger(__name__)
 
@@ -215,9 +216,8 @@ class FaceParser:
             CapHumanError: the file is unreadable or its names/shapes are not this BiSeNet's.
         """
         what = "BiSeNet face-parsing weights"
-        state_dict = read_state_dict_file(path, what=what, source=BISENET_WEIGHTS_SOURCE)
-        model = BiSeNet()
-        load_matching_state_dict(model, state_dict, what=what, path=path)
+        state_dict = without_data_parallel_prefix(read_state_dict(path, what=what, source=BISENET_WEIGHTS_SOURCE))
+        model = load_checked(BiSeNet(), state_dict, path, what, may_lack=is_batchnorm_counter)
         logger.info("Loaded BiSeNet face-parsing weights from %s", path)
         return cls(model, device=device)
 

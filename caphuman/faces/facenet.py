@@ -5,10 +5,11 @@ The published CapHuman code embeds the reference face with facenet-pytorch's
 ``20180402-114759`` (trained on VGGFace2, 8631 identities), converted to a PyTorch state dict
 and published as ``20180402-114759-vggface2.pt``. We build that same class from facenet-pytorch
 (the official code's own dependency, pinned to its 2.5.3) WITHOUT ``pretrained`` (which would
-download), and load the user's file through :func:`read_state_dict_file` (``weights_only=True``)
-with every name and shape checked (``conv2d_1a.conv.weight``, ``repeat_1.0.branch0.conv.weight``,
-``mixed_6a.branch1.2.bn.running_var``, ``block8.conv2d.bias``, ``last_linear.weight``,
-``last_bn.running_mean`` ...). The file's VGGFace2 classifier ``logits.*`` is not needed for
+download), and load the user's file through :func:`caphuman.weights.files.read_state_dict`
+(``weights_only=True``) with every name and shape checked by
+:func:`caphuman.weights.strict.load_checked` (``conv2d_1a.conv.weight``,
+``repeat_1.0.branch0.conv.weight``, ``mixed_6a.branch1.2.bn.running_var``, ``block8.conv2d.bias``,
+``last_linear.weight``, ``last_bn.running_mean`` ...). The file's VGGFace2 classifier ``logits.*`` is not needed for
 embeddings and is dropped; a file without it loads too.
 
 Input: RGB, 160x160 face crop (facenet-pytorch's MTCNN crop), "prewhitened" as
@@ -18,7 +19,7 @@ Input: RGB, 160x160 face crop (facenet-pytorch's MTCNN crop), "prewhitened" as
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.faces.recognizer import FaceRecognizer
+from caphuman.weights.files import read_state_dict, without_data_parallel_prefix
+from caphuman.weights.strict import is_batchnorm_counter, load_checked
 
 logger = logging.getLogger(__name__)
 
@@ -37,86 +39,6 @@ FACENET_WEIGHTS_SOURCE = (
 VGGFACE2_NUM_IDENTITIES = 8631
 FACENET_EMBEDDING_DIM = 512
 FACENET_INPUT_SIZE = 160
-
-
-# --------------------------------------------------------------------------------------------
-# Reading state-dict files (shared with the BiSeNet face parser).
-# --------------------------------------------------------------------------------------------
-
-
-def read_state_dict_file(path: str | Path, what: str, source: str) -> dict[str, torch.Tensor]:
-    """Read a plain state dict from a ``.pt``/``.pth``/``.ckpt`` or ``.safetensors`` file.
-
-    Torch files are read with ``weights_only=True`` (no arbitrary pickles) onto the CPU. A
-    DataParallel ``module.`` prefix and a ``{"state_dict": ...}`` wrapper are removed, as both
-    are common ways the same weights get re-saved.
-
-    Raises:
-        MissingWeightsError: the file does not exist.
-        CapHumanError: the file cannot be read or does not hold a mapping of name -> tensor.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(what=what, path=str(path), source=source)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded: object = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch/zip/pickle/safetensors each raise their own types
-        reason = str(error).split(". ")[0].strip().rstrip(".")  # libraries append long advice
-        raise CapHumanError(
-            f"Could not read {what} from '{path}' (damaged or not a weights file: {reason})."
-        ) from error
-
-    if isinstance(loaded, Mapping) and set(loaded) == {"state_dict"}:
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
-    ):
-        raise CapHumanError(f"'{path}' does not hold a state dict of tensors for {what}.")
-
-    state_dict = dict(loaded)
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
-    return state_dict
-
-
-def load_matching_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, path: str | Path
-) -> None:
-    """Load ``state_dict`` into ``model`` after checking names and shapes match exactly.
-
-    BatchNorm ``num_batches_tracked`` counters are allowed to be absent (older PyTorch saves
-    and TensorFlow conversions lack them; they do not affect inference).
-
-    Raises:
-        CapHumanError: naming up to five missing, unexpected or mis-shaped entries.
-    """
-    expected = model.state_dict()
-    missing = sorted(
-        key
-        for key in expected
-        if key not in state_dict and not key.endswith("num_batches_tracked")
-    )
-    unexpected = sorted(key for key in state_dict if key not in expected)
-    mis_shaped = sorted(
-        f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key].shape)}"
-        for key in state_dict
-        if key in expected and state_dict[key].shape != expected[key].shape
-    )
-    problems = []
-    for label, entries in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
-        if entries:
-            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-            problems.append(f"{len(entries)} {label} ({shown})")
-    if problems:
-        raise CapHumanError(
-            f"'{path}' does not match the {what} layout: " + "; ".join(problems) + "."
-        )
-    model.load_state_dict(dict(state_dict), strict=False)
 
 
 def facenet_architecture() -> nn.Module:
@@ -167,10 +89,9 @@ class FaceNetRecognizer(FaceRecognizer):
             CapHumanError: the file is unreadable or its names/shapes are not FaceNet's.
         """
         what = "FaceNet VGGFace2 weights"
-        state_dict = read_state_dict_file(path, what=what, source=FACENET_WEIGHTS_SOURCE)
+        state_dict = without_data_parallel_prefix(read_state_dict(path, what=what, source=FACENET_WEIGHTS_SOURCE))
         embedding_state = {key: value for key, value in state_dict.items() if not key.startswith("logits.")}
-        model = facenet_architecture()
-        load_matching_state_dict(model, embedding_state, what=what, path=path)
+        model = load_checked(facenet_architecture(), embedding_state, path, what, may_lack=is_batchnorm_counter)
         logger.info("Loaded FaceNet weights from %s", path)
         return cls(model, device=device)
 

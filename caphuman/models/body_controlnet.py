@@ -25,13 +25,13 @@ from diffusers import ControlNetModel
 
 from caphuman.errors import MissingWeightsError
 from caphuman.models.architectures import SD15_UNET
-from caphuman.models.sd_loading import _assign_state_dict, _empty_module, _from_pretrained
-from caphuman.weights import read_state_dict
+from caphuman.weights.files import read_state_dict
+from caphuman.weights.ldm_layout import LDM_CONTROLNET_PREFIX, controlnet_from_ldm, ldm_controlnet_state_dict
+from caphuman.weights.stable_diffusion import assign_checked, empty_module, from_pretrained_offline
 
 logger = logging.getLogger(__name__)
 
 OPENPOSE_HINT_CHANNELS = 3
-ORIGINAL_CONTROLNET_PREFIX = "control_model."
 BODY_CONTROLNET_SOURCE = (
     "https://huggingface.co/lllyasviel/ControlNet-v1-1 (control_v11p_sd15_openpose.pth) or the diffusers folder "
     "https://huggingface.co/lllyasviel/control_v11p_sd15_openpose (`caphuman download body_controlnet`)"
@@ -48,18 +48,9 @@ def controlnet_config_from_unet(unet_config: Mapping[str, Any] | None = None, co
     return config
 
 
-def convert_original_controlnet(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Original (ldm) ControlNet keys, with or without ``control_model.``, -> ControlNetModel keys."""
-    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
-
-    return convert_controlnet_checkpoint(dict(state), dict(config))
-
-
 def original_controlnet_state_dict(controlnet: ControlNetModel) -> dict[str, torch.Tensor]:
     """A ControlNetModel's weights under the original file's names (``control_model.`` + ldm names)."""
-    from caphuman.convert import ldm_controlnet_state_dict
-
-    return {ORIGINAL_CONTROLNET_PREFIX + key: value for key, value in ldm_controlnet_state_dict(controlnet).items()}
+    return {LDM_CONTROLNET_PREFIX + key: value for key, value in ldm_controlnet_state_dict(controlnet).items()}
 
 
 def load_body_controlnet(
@@ -80,14 +71,14 @@ def load_body_controlnet(
     if not path.exists():
         raise MissingWeightsError("OpenPose ControlNet", str(path), BODY_CONTROLNET_SOURCE)
     if path.is_dir():
-        controlnet = _from_pretrained(ControlNetModel, path, "OpenPose ControlNet", torch_dtype=dtype)
+        controlnet = from_pretrained_offline(ControlNetModel, path, "OpenPose ControlNet", torch_dtype=dtype)
         return controlnet.eval()
     config = controlnet_config_from_unet(unet_config)
-    state = read_state_dict(path, what="OpenPose ControlNet", source=BODY_CONTROLNET_SOURCE)
-    converted = convert_original_controlnet(state, config)
+    state = read_state_dict(path)
+    converted = controlnet_from_ldm(state, config)
     del state
-    controlnet = _empty_module(lambda: ControlNetModel.from_config(config))
-    controlnet = _assign_state_dict(controlnet, converted, path, "ControlNet", dtype)
+    controlnet = empty_module(lambda: ControlNetModel.from_config(config))
+    controlnet = assign_checked(controlnet, converted, path, "SD 1.5 ControlNet", dtype)
     logger.info("OpenPose ControlNet loaded from %s.", path)
     return controlnet
 
@@ -95,7 +86,6 @@ def load_body_controlnet(
 __all__ = [
     "BODY_CONTROLNET_SOURCE",
     "controlnet_config_from_unet",
-    "convert_original_controlnet",
     "load_body_controlnet",
     "original_controlnet_state_dict",
 ]

@@ -253,7 +253,7 @@ class CapHumanTrainingModule(pl.LightningModule):
 
     def _configure_attention(self) -> None:
         if self.config.training.attention == "xformers":
-            from caphuman.loading import enable_xformers
+            from caphuman.build import enable_xformers
 
             enable_xformers([self.unet, self.adapter.capface], self.device)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from caphuman.errors import CapHumanError
 from caphuman.head.deca.files import load_deca_encoder_state
+from caphuman.weights.strict import is_batchnorm_counter, load_checked
 
 logger = logging.getLogger(__name__)
 
@@ -147,20 +147,8 @@ def load_deca_encoder(path: str | os.PathLike, device: torch.device | str = "cpu
         CapHumanError: keys missing from the checkpoint or tensors of the wrong shape.
     """
     state = load_deca_encoder_state(path)
-    encoder = DecaCoarseEncoder()
-    try:
-        result = encoder.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1].strip()
-        raise CapHumanError(f"DECA checkpoint '{path}' does not fit DECA's coarse encoder: {first}") from error
-    # BatchNorm's step counter is absent from checkpoints saved before PyTorch 0.4.1; it is unused.
-    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
-    if missing:
-        raise CapHumanError(
-            f"DECA checkpoint '{path}' lacks {len(missing)} E_flame weight(s), e.g. {', '.join(missing[:3])}."
-        )
-    if result.unexpected_keys:
-        logger.debug("Ignoring %d unused E_flame entries, e.g. %s", len(result.unexpected_keys), result.unexpected_keys[:3])
+    # E_flame entries the coarse encoder does not use are skipped.
+    encoder = load_checked(DecaCoarseEncoder(), state, path, "DECA coarse encoder (E_flame)", may_lack=is_batchnorm_counter, ignore_unexpected=True)
     return encoder.to(device).eval()
 
 

@@ -1,7 +1,7 @@
 """Finding and reading the DECA / FLAME files a user places in the weights directory.
 
-Files (the names of DECA's own data/ folder, which CapHuman's README also uses), looked up in
-``<weights>/deca/`` first and then directly in ``<weights>/``:
+Files (the names of DECA's own data/ folder, which CapHuman's README also uses), looked up where
+checkpoints/manifest.yaml puts them (``<weights>/deca/``) first and then directly in ``<weights>/``:
 
 - ``deca_model.tar``: DECA's released checkpoint, a ``torch.save``'d dict with ``E_flame`` (the
   coarse ResNet-50 encoder's state dict; keys ``encoder.*`` and ``layers.{0,2}.*``), ``E_detail``
@@ -34,19 +34,12 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from caphuman.errors import CapHumanError, MissingWeightsError
+from caphuman.errors import CapHumanError
 from caphuman.head.deca.flame import FLAME_SHAPE_COMPONENTS, FlameModelData
+from caphuman.weights.files import read_torch_file, without_data_parallel_prefix
+from caphuman.weights.registry import find_entry_file, missing_weights, weights_entry
 
 logger = logging.getLogger(__name__)
-
-DECA_SUBDIR = "deca"
-DECA_MODEL_FILE = "deca_model.tar"
-FLAME_MODEL_FILE = "generic_model.pkl"
-FLAME_TEXTURE_FILE = "FLAME_texture.npz"
-HEAD_TEMPLATE_FILE = "head_template.obj"
-
-FLAME_SOURCE = "https://flame.is.tue.mpg.de (FLAME 2020, generic_model.pkl; FLAME_texture.npz from the FLAME texture space)"
-DECA_SOURCE = "DECA release (deca_model.tar) from https://github.com/yfeng95/DECA"
 
 _CONVERT_HINT = (
     "re-save it with plain numpy arrays (in an environment with chumpy: load it, replace every chumpy "
@@ -65,37 +58,20 @@ class DecaAssetPaths:
 
     @classmethod
     def locate(cls, weights_dir: str | os.PathLike) -> "DecaAssetPaths":
-        """Find the files under ``weights_dir/deca`` (preferred) or ``weights_dir``.
+        """Find the files at their manifest paths under ``weights_dir`` (``deca/``, preferred) or
+        directly in ``weights_dir``.
 
         Raises:
-            MissingWeightsError: naming the first missing file and where it should go.
+            MissingWeightsError: naming the first missing file, where it should go and where to get it.
         """
-        root = Path(weights_dir)
-        folders = (root / DECA_SUBDIR, root)
-
-        def find(name: str) -> Path | None:
-            for folder in folders:
-                if (folder / name).is_file():
-                    return folder / name
-            return None
-
-        expected = root / DECA_SUBDIR
         found: dict[str, Path] = {}
-        for name, what, source in (
-            (DECA_MODEL_FILE, "DECA encoder weights", DECA_SOURCE),
-            (FLAME_MODEL_FILE, "FLAME head model", FLAME_SOURCE),
-            (FLAME_TEXTURE_FILE, "FLAME texture space", FLAME_SOURCE),
-        ):
-            path = find(name)
-            if path is None:
-                raise MissingWeightsError(what, str(expected / name), source)
+        for name, what in (("deca_model", "DECA encoder weights"), ("flame_model", "FLAME head model"), ("flame_texture", "FLAME texture space")):
+            path = find_entry_file(weights_entry(name), weights_dir)
+            if not path.is_file():
+                raise missing_weights(name, what, path)
             found[name] = path
-        return cls(
-            deca_model=found[DECA_MODEL_FILE],
-            flame_model=found[FLAME_MODEL_FILE],
-            flame_texture=found[FLAME_TEXTURE_FILE],
-            head_template=find(HEAD_TEMPLATE_FILE),
-        )
+        head_template = find_entry_file(weights_entry("head_template"), weights_dir)
+        return cls(**found, head_template=head_template if head_template.is_file() else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +315,7 @@ def load_flame_texture(path: str | os.PathLike, num_components: int = 50, head_t
         uvs, uv_faces = read_obj_uvs(head_template)
     elif uvs is None or uv_faces is None:
         raise CapHumanError(
-            f"FLAME texture file '{path}' has no 'vt'/'ft' texture coordinates; put DECA's {HEAD_TEMPLATE_FILE} next to it."
+            f"FLAME texture file '{path}' has no 'vt'/'ft' texture coordinates; put DECA's {Path(weights_entry('head_template').path).name} next to it."
         )
     # BGR -> RGB and 0..255 -> 0..1, on the channel axis (2) of both arrays.
     return FlameTexture(
@@ -390,13 +366,9 @@ def load_deca_encoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         CapHumanError: unreadable file, or no ``E_flame`` entry.
     """
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
-        raise CapHumanError(f"DECA checkpoint '{path}' could not be read as a torch checkpoint ({error}).") from error
+    checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict) or "E_flame" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CapHumanError(f"DECA checkpoint '{path}' has no 'E_flame' entry (found {found}).")
-    state = checkpoint["E_flame"]
     # Checkpoints saved from nn.DataParallel prefix every key with "module.".
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    return without_data_parallel_prefix(checkpoint["E_flame"])

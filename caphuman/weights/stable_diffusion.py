@@ -7,8 +7,9 @@ fine-tunes): ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE) a
 
 - the architecture is the published SD 1.5 one (:mod:`caphuman.models.architectures`) unless an
   :class:`SDArchitecture` is passed (tests build tiny files);
-- keys are converted by diffusers' own ldm -> diffusers converters
-  (``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint``);
+- keys are converted by diffusers' own ldm -> diffusers converters (see
+  :mod:`caphuman.weights.ldm_layout`), and names and shapes are checked by
+  :func:`caphuman.weights.strict.load_checked`;
 - memory: the file is read one component at a time (safetensors: plain reads of that
   component's tensors; .ckpt: a memory-mapped ``torch.load(weights_only=True)``), the module is
   built with empty (meta) parameters and the converted tensors are assigned to it, so no
@@ -27,32 +28,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from caphuman.config import ModelConfig
-from caphuman.errors import CapHumanError, MissingWeightsError
+from caphuman.errors import CapHumanError
 from caphuman.models.architectures import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 from caphuman.models.backbone import Backbone, clip_image_processor
 from caphuman.schedulers import SD15_SCHEDULE
-from caphuman.weights import read_state_dict, read_torch_file, unwrap_state_dict
+from caphuman.weights.files import read_state_dict, read_torch_file, unwrap_state_dict
+from caphuman.weights.ldm_layout import (
+    LDM_TEXT_PREFIX,
+    LDM_UNET_PREFIX,
+    LDM_VAE_PREFIX,
+    VAE_FILE_PREFIXES,
+    text_encoder_from_ldm,
+    unet_from_ldm,
+    vae_from_ldm,
+)
+from caphuman.weights.registry import missing_weights, weights_path
+from caphuman.weights.strict import load_checked
 
 logger = logging.getLogger(__name__)
 
-SD_SOURCE = "any SD 1.5 checkpoint, e.g. Realistic Vision V3.0 (https://civitai.com/models/4201) or stable-diffusion-v1-5"
-CLIP_SOURCE = "https://huggingface.co/openai/clip-vit-large-patch14 (the whole folder)"
-VAE_SOURCE = "https://huggingface.co/stabilityai/sd-vae-ft-mse-original (vae-ft-mse-840000-ema-pruned)"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-# Prefixes of the original (CompVis ldm) single-file layout.
-LDM_UNET_PREFIX = "model.diffusion_model."
-LDM_VAE_PREFIX = "first_stage_model."
-LDM_TEXT_PREFIX = "cond_stage_model.transformer."
-# The layout of a stand-alone VAE file (vae-ft-mse-840000-ema-pruned): no prefix.
-VAE_FILE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-# transformers >= 5 keeps the CLIP text weights without the `text_model.` level the files use.
-_HF_TEXT_MODEL_PREFIX = "text_model."
+# Manifest entries (checkpoints/manifest.yaml) of the files read here.
+SD_ENTRY, VAE_ENTRY, CLIP_ENTRY = "stable_diffusion", "vae", "clip_vision"
 
 
 @dataclass(frozen=True)
@@ -72,74 +75,37 @@ class SDArchitecture:
         return cls(unet=dict(unet.config), vae=dict(vae.config), text_encoder=text_encoder.config.to_dict())
 
 
-def _resolve(weights_dir: str | Path, relative: str) -> Path:
-    path = Path(relative)
-    return path if path.is_absolute() else Path(weights_dir) / path
-
-
 # ------------------------------------------------------------------------------------------
 # Building modules without allocating their weights
 
 
-def _empty_module(build: Callable[[], nn.Module]) -> nn.Module:
+def empty_module(build: Callable[[], nn.Module]) -> nn.Module:
     """Build a module whose parameters live on the meta device (buffers stay real and small)."""
-    from accelerate import init_empty_weights
-
     with init_empty_weights(include_buffers=False):
         return build()
 
 
-def _assign_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, dtype: torch.dtype) -> nn.Module:
-    """Check names and shapes, then make ``state``'s tensors the module's parameters (no copy).
+def assign_checked(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, dtype: torch.dtype) -> nn.Module:
+    """Check names and shapes, then make ``state``'s tensors (cast to ``dtype``) the parameters
+    of ``module`` (built by :func:`empty_module`), without a copy; eval mode.
 
     Raises:
         CapHumanError: naming the file and the first missing, unexpected or mis-shaped keys.
     """
-    expected = module.state_dict()
-    missing = sorted(key for key in expected if key not in state)
-    unexpected = sorted(key for key in state if key not in expected)
-    mis_shaped = sorted(
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in state
-        if key in expected and tuple(state[key].shape) != tuple(expected[key].shape)
-    )
-    if missing or unexpected or mis_shaped:
-        problems = []
-        if missing:
-            problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} ({len(missing)})")
-        if unexpected:
-            problems.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})")
-        if mis_shaped:
-            problems.append(f"shape mismatch {', '.join(mis_shaped[:3])} (file vs architecture)")
-        raise CapHumanError(f"'{path}' does not hold an SD 1.5 {what} of the expected architecture: {'; '.join(problems)}.")
-    # Floating tensors take the load dtype; .to() returns the same tensor when it already has it.
-    typed = {key: (value.to(dtype) if value.is_floating_point() else value).contiguous() for key, value in state.items()}
-    module.load_state_dict(typed, strict=True, assign=True)
-    return module.eval()
+    return load_checked(module, state, path, what, dtype=dtype, assign=True).eval()
 
 
 def _build_unet(architecture: SDArchitecture) -> UNet2DConditionModel:
-    return _empty_module(lambda: UNet2DConditionModel.from_config(dict(architecture.unet)))
+    return empty_module(lambda: UNet2DConditionModel.from_config(dict(architecture.unet)))
 
 
 def _build_vae(architecture: SDArchitecture) -> AutoencoderKL:
-    return _empty_module(lambda: AutoencoderKL.from_config(dict(architecture.vae)))
+    return empty_module(lambda: AutoencoderKL.from_config(dict(architecture.vae)))
 
 
 def _build_text_encoder(architecture: SDArchitecture) -> CLIPTextModel:
     config = CLIPTextConfig.from_dict(dict(architecture.text_encoder))
-    return _empty_module(lambda: CLIPTextModel(config))
-
-
-def _strip_text_model_prefix(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
-    """Match the file's ``text_model.*`` keys (or pre-2022 keys without it) to the module's keys."""
-    wants_prefix = any(key.startswith(_HF_TEXT_MODEL_PREFIX) for key in module.state_dict())
-    result = {}
-    for key, value in state.items():
-        bare = key.removeprefix(_HF_TEXT_MODEL_PREFIX)
-        result[_HF_TEXT_MODEL_PREFIX + bare if wants_prefix else bare] = value
-    # position_ids is a buffer some exports kept; the module builds its own.
-    return {key: value for key, value in result.items() if not key.endswith("position_ids")}
+    return empty_module(lambda: CLIPTextModel(config))
 
 
 # ------------------------------------------------------------------------------------------
@@ -168,24 +134,6 @@ class _SingleFile:
         self._torch_state = None
 
 
-def _convert_unet(state: dict[str, torch.Tensor], architecture: SDArchitecture) -> dict[str, torch.Tensor]:
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-    return convert_ldm_unet_checkpoint(state, dict(architecture.unet))
-
-
-def _convert_vae(state: dict[str, torch.Tensor], architecture: SDArchitecture) -> dict[str, torch.Tensor]:
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    return convert_ldm_vae_checkpoint(state, dict(architecture.vae))
-
-
-def _convert_text(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
-
-    return convert_ldm_clip_checkpoint(state)
-
-
 def load_single_file(
     path: str | Path, architecture: SDArchitecture | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
@@ -199,18 +147,18 @@ def load_single_file(
     path = Path(path)
     architecture = architecture or SDArchitecture()
     if not path.is_file():
-        raise MissingWeightsError("Stable Diffusion 1.5 checkpoint", str(path), SD_SOURCE)
+        raise missing_weights(SD_ENTRY, "Stable Diffusion 1.5 checkpoint", path)
     source = _SingleFile(path)
     try:
-        unet_state = _convert_unet(source.component(lambda key: key.startswith(LDM_UNET_PREFIX)), architecture)
-        unet = _assign_state_dict(_build_unet(architecture), unet_state, path, "UNet", dtype)
+        unet_state = unet_from_ldm(source.component(lambda key: key.startswith(LDM_UNET_PREFIX)), architecture.unet)
+        unet = assign_checked(_build_unet(architecture), unet_state, path, "SD 1.5 UNet", dtype)
         del unet_state
-        vae_state = _convert_vae(source.component(lambda key: key.startswith(LDM_VAE_PREFIX)), architecture)
-        vae = _assign_state_dict(_build_vae(architecture), vae_state, path, "VAE", dtype)
+        vae_state = vae_from_ldm(source.component(lambda key: key.startswith(LDM_VAE_PREFIX)), architecture.vae)
+        vae = assign_checked(_build_vae(architecture), vae_state, path, "SD 1.5 VAE", dtype)
         del vae_state
         text_encoder = _build_text_encoder(architecture)
-        text_state = _strip_text_model_prefix(_convert_text(source.component(lambda key: key.startswith(LDM_TEXT_PREFIX))), text_encoder)
-        text_encoder = _assign_state_dict(text_encoder, text_state, path, "text encoder", dtype)
+        text_state = text_encoder_from_ldm(source.component(lambda key: key.startswith(LDM_TEXT_PREFIX)), text_encoder)
+        text_encoder = assign_checked(text_encoder, text_state, path, "SD 1.5 text encoder", dtype)
     finally:
         source.release()
     return unet, vae, text_encoder
@@ -220,24 +168,19 @@ def load_vae(path: Path, architecture: SDArchitecture | None = None, dtype: torc
     """A separate VAE: a diffusers folder, or one file (stand-alone ``encoder.*`` keys or
     ``first_stage_model.*`` keys)."""
     if not path.exists():
-        raise MissingWeightsError("VAE", str(path), VAE_SOURCE + "; or set model.vae: null to keep the checkpoint's VAE")
+        raise missing_weights(VAE_ENTRY, "VAE", path, hint="; or set model.vae: null to keep the checkpoint's VAE")
     if path.is_dir():
-        return _from_pretrained(AutoencoderKL, path, "VAE")
+        return from_pretrained_offline(AutoencoderKL, path, "VAE")
     architecture = architecture or SDArchitecture()
-    state = read_state_dict(
-        path,
-        lambda key: key.startswith(LDM_VAE_PREFIX) or key.startswith(VAE_FILE_PREFIXES),
-        what="VAE",
-        source=VAE_SOURCE,
-    )
-    return _assign_state_dict(_build_vae(architecture), _convert_vae(state, architecture), path, "VAE", dtype)
+    state = read_state_dict(path, lambda key: key.startswith(LDM_VAE_PREFIX) or key.startswith(VAE_FILE_PREFIXES))
+    return assign_checked(_build_vae(architecture), vae_from_ldm(state, architecture.vae), path, "SD 1.5 VAE", dtype)
 
 
 # ------------------------------------------------------------------------------------------
 # Folders
 
 
-def _from_pretrained(cls: Any, path: Path, what: str, **kwargs: Any) -> Any:
+def from_pretrained_offline(cls: Any, path: Path, what: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(path, local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
@@ -248,10 +191,10 @@ def _from_pretrained(cls: Any, path: Path, what: str, **kwargs: Any) -> Any:
 def load_clip_vision(path: Path) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
     """CLIP vision tower + preprocessing from a transformers folder (CLIPModel or CLIPVisionModel)."""
     if not path.is_dir():
-        raise MissingWeightsError("CLIP ViT-L/14 folder", str(path), CLIP_SOURCE)
-    model = _from_pretrained(CLIPVisionModel, path, "CLIP vision model")
+        raise missing_weights(CLIP_ENTRY, "CLIP ViT-L/14 folder", path)
+    model = from_pretrained_offline(CLIPVisionModel, path, "CLIP vision model")
     processor = (
-        _from_pretrained(CLIPImageProcessor, path, "CLIP image processor")
+        from_pretrained_offline(CLIPImageProcessor, path, "CLIP image processor")
         if (path / "preprocessor_config.json").is_file()
         else clip_image_processor(model.config.image_size)
     )
@@ -260,18 +203,18 @@ def load_clip_vision(path: Path) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
 
 def load_clip_tokenizer(path: Path) -> CLIPTokenizer:
     if not path.is_dir():
-        raise MissingWeightsError("CLIP ViT-L/14 folder (its tokenizer)", str(path), CLIP_SOURCE)
-    return _from_pretrained(CLIPTokenizer, path, "CLIP tokenizer")
+        raise missing_weights(CLIP_ENTRY, "CLIP ViT-L/14 folder (its tokenizer)", path)
+    return from_pretrained_offline(CLIPTokenizer, path, "CLIP tokenizer")
 
 
 def load_diffusers_folder(path: Path) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer, dict[str, Any]]:
     """A diffusers SD pipeline folder: UNet, VAE, text encoder, tokenizer and scheduler config."""
     if not (path / "model_index.json").is_file():
         raise CapHumanError(f"'{path}' is a folder but not a diffusers pipeline (no model_index.json).")
-    unet = _from_pretrained(UNet2DConditionModel, path, "UNet", subfolder="unet")
-    vae = _from_pretrained(AutoencoderKL, path, "VAE", subfolder="vae")
-    text_encoder = _from_pretrained(CLIPTextModel, path, "text encoder", subfolder="text_encoder")
-    tokenizer = _from_pretrained(CLIPTokenizer, path, "tokenizer", subfolder="tokenizer")
+    unet = from_pretrained_offline(UNet2DConditionModel, path, "UNet", subfolder="unet")
+    vae = from_pretrained_offline(AutoencoderKL, path, "VAE", subfolder="vae")
+    text_encoder = from_pretrained_offline(CLIPTextModel, path, "text encoder", subfolder="text_encoder")
+    tokenizer = from_pretrained_offline(CLIPTokenizer, path, "tokenizer", subfolder="tokenizer")
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     scheduler_config = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else dict(SD15_SCHEDULE)
     return unet, vae, text_encoder, tokenizer, scheduler_config
@@ -283,10 +226,10 @@ def load_sd15_backbone(model: ModelConfig, weights_dir: str | Path, architecture
     ``architecture`` only matters for single files (folders carry their configs); None means
     the published SD 1.5 architecture.
     """
-    sd_path = _resolve(weights_dir, model.stable_diffusion)
-    clip_path = _resolve(weights_dir, model.clip_vision)
+    sd_path = weights_path(weights_dir, model.stable_diffusion)
+    clip_path = weights_path(weights_dir, model.clip_vision)
     if not sd_path.exists():
-        raise MissingWeightsError("Stable Diffusion 1.5 checkpoint", str(sd_path), SD_SOURCE)
+        raise missing_weights(SD_ENTRY, "Stable Diffusion 1.5 checkpoint", sd_path)
     image_encoder, image_processor = load_clip_vision(clip_path)
 
     if sd_path.is_dir():
@@ -299,7 +242,7 @@ def load_sd15_backbone(model: ModelConfig, weights_dir: str | Path, architecture
         raise CapHumanError(f"'{sd_path}' is neither a diffusers folder nor one of {', '.join(SINGLE_FILE_SUFFIXES)}.")
 
     if model.vae is not None:
-        vae = load_vae(_resolve(weights_dir, model.vae), architecture)
+        vae = load_vae(weights_path(weights_dir, model.vae), architecture)
     return Backbone(
         unet=unet,
         vae=vae,

@@ -1,7 +1,8 @@
-"""Build a ready CapHuman pipeline from a config: backbone, adapter, recogniser, scheduler.
+"""Build a ready CapHuman pipeline, and the face and head models, from a config.
 
 The tiny backbone is built locally; the SD 1.5 backbone and every face model load from files
-under the weights directory (see checkpoints/README.md).
+under the weights directory, where checkpoints/manifest.yaml (:mod:`caphuman.weights.registry`)
+puts them (see checkpoints/README.md).
 """
 
 from __future__ import annotations
@@ -22,13 +23,9 @@ from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.backbone import Backbone
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
+from caphuman.weights.registry import default_location, weights_path
 
 logger = logging.getLogger(__name__)
-
-# Where the face models' files go under the weights folder (see checkpoints/manifest.yaml).
-FACENET_FILE = "facenet/20180402-114759-vggface2.pt"
-ARCFACE_FILES = ("arcface/glintr100.onnx", "arcface/w600k_r50.onnx")  # antelopev2, buffalo_l
-FACE_PARSER_FILE = "face-parsing/79999_iter.pth"
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -51,17 +48,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def weights_path(weights_dir: str | Path, relative: str) -> Path:
-    path = Path(relative)
-    return path if path.is_absolute() else Path(weights_dir) / path
-
-
 def load_backbone(config: CapHumanConfig, weights_dir: str | Path) -> Backbone:
     if config.model.backbone == "tiny":
         from caphuman.models.tiny import tiny_backbone
 
         return tiny_backbone(config.model.tiny)
-    from caphuman.models.sd_loading import load_sd15_backbone
+    from caphuman.weights.stable_diffusion import load_sd15_backbone
 
     return load_sd15_backbone(config.model, weights_dir)
 
@@ -79,16 +71,16 @@ def load_face_recognizer(config: CapHumanConfig, weights_dir: str | Path, device
     if name == "facenet":
         from caphuman.faces.facenet import FaceNetRecognizer
 
-        return FaceNetRecognizer.from_file(weights_path(weights_dir, FACENET_FILE), device=device)
+        return FaceNetRecognizer.from_file(default_location("facenet", weights_dir), device=device)
     from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
 
-    return ArcFaceOnnxRecognizer.from_file(weights_path(weights_dir, ARCFACE_FILES[0]), device=device)
+    return ArcFaceOnnxRecognizer.from_file(default_location("arcface", weights_dir), device=device)
 
 
 def load_face_parser(weights_dir: str | Path, device: torch.device | str):
     """BiSeNet from ``weights_dir`` when its file is there; None otherwise (callers then use the
     face-mesh oval as the face region)."""
-    path = weights_path(weights_dir, FACE_PARSER_FILE)
+    path = default_location("face_parsing", weights_dir)
     if not path.is_file():
         return None
     from caphuman.faces.bisenet import FaceParser
@@ -115,6 +107,7 @@ def load_adapter(config: CapHumanConfig, backbone: Backbone, weights_dir: str | 
     else:
         path = weights_path(weights_dir, config.model.caphuman)
         if not path.exists():
+            # The command that makes it, with this very path (the manifest's source names the default one).
             raise MissingWeightsError(
                 "CapHuman weights", str(path), "`caphuman convert --from caphuman.ckpt --out " + str(path) + "` (see checkpoints/README.md)"
             )
