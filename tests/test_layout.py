@@ -1,0 +1,133 @@
+"""The package's import graph: no cycles (imports inside functions count too), and the library
+never imports the command-line layer.
+
+Read from the source with ``ast`` (nothing is imported), so the test knows no module names: it
+holds for whatever modules the package has. Imports under ``if TYPE_CHECKING:`` are left out
+(they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "caphuman"
+PACKAGE = PACKAGE_ROOT.name
+COMMANDS = f"{PACKAGE}.commands"
+# The command-line layer: these may import commands; nothing else may.
+COMMAND_LAYER = (COMMANDS, f"{PACKAGE}.cli")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE_ROOT.rglob("*.py"))}
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(node: ast.AST):
+    """Every Import/ImportFrom under ``node``, at any depth, except under ``if TYPE_CHECKING:``."""
+    for child in ast.iter_child_nodes(node):
+        if _is_type_checking_block(child):
+            yield from (grandchild for branch in child.orelse for grandchild in _import_nodes_of(branch))
+            continue
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        yield from _import_nodes(child)
+
+
+def _import_nodes_of(node: ast.AST):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        yield node
+    yield from _import_nodes(node)
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that ``name`` imports (``from a import b`` counts a.b when b is a module)."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            if node.level:
+                base_parts = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for target in targets:
+            # `import caphuman.a.b` also runs caphuman.a; count the deepest module that exists.
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and target.startswith(PACKAGE):
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imported_modules(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None. A package's own __init__ importing its
+    submodules is not an edge that makes a cycle back through the submodule (Python imports
+    the parent package first either way), so parent-package edges are left out."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if node.startswith(target + "."):
+                continue  # a submodule importing its own package (__init__) is always safe
+            if state.get(target) == 1:
+                return stack[stack.index(target) :] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_has_no_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_only_the_command_line_layer_imports_commands():
+    offenders = sorted(
+        f"{name} imports {target}"
+        for name, targets in import_graph().items()
+        if not (name == COMMAND_LAYER[1] or name == COMMANDS or name.startswith(COMMANDS + "."))
+        for target in targets
+        if target == COMMANDS or target.startswith(COMMANDS + ".")
+    )
+    assert not offenders, "; ".join(offenders)
+
+
+def test_the_graph_reader_sees_imports_inside_functions(tmp_path):
+    # The checks above are only as good as the reader: a function-level import is an edge.
+    source = "def f():\n    from caphuman.errors import CapHumanError\n    import caphuman.config\n"
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    modules = all_modules()
+    assert imported_modules(f"{PACKAGE}.probe", path, modules) >= {f"{PACKAGE}.errors", f"{PACKAGE}.config"}
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
