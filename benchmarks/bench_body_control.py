@@ -85,7 +85,7 @@ def main() -> None:
     shared = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet)
     ours = CapHumanPipeline(
         **shared, capface=adapter.capface, identity_encoder=adapter.identity_encoder, image_encoder=backbone.image_encoder,
-        image_processor=backbone.image_processor, scheduler=make_scheduler("ddim"), body_controlnet=controlnet,
+        feature_extractor=backbone.feature_extractor, scheduler=make_scheduler("ddim"), body_controlnet=controlnet,
     ).to(device, dtype)
     theirs = StableDiffusionControlNetPipeline(
         **shared, controlnet=controlnet, scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,

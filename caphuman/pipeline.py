@@ -15,6 +15,9 @@ mask gate. At strength 0 (the published default) or without a map it is not run 
 Several people (``people=[PersonCondition, ...]``): one CapFace pass per person with that
 person's identity tokens and hint; each pass is gated by its own predicted face mask and the
 gated residuals are summed (see caphuman.conditions.people).
+
+Components are named as in diffusers: ``feature_extractor`` is CLIP's image processor (reference
+face -> CLIP input) and ``image_processor`` the VAE's (decoded tensors -> PIL / numpy).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class CapHumanPipeline(DiffusionPipeline):
         capface: CapFaceModel,
         identity_encoder: IdentityEncoder,
         image_encoder: CLIPVisionModel,
-        image_processor: CLIPImageProcessor,
+        feature_extractor: CLIPImageProcessor,
         scheduler: SchedulerMixin,
         face_recognizer: FaceRecognizer | None = None,
         body_controlnet: ControlNetModel | None = None,
@@ -88,13 +91,13 @@ class CapHumanPipeline(DiffusionPipeline):
             capface=capface,
             identity_encoder=identity_encoder,
             image_encoder=image_encoder,
-            image_processor=image_processor,
+            feature_extractor=feature_extractor,
             scheduler=scheduler,
             face_recognizer=face_recognizer,
             body_controlnet=body_controlnet,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler by name (see caphuman.schedulers.SCHEDULERS), keeping the noise schedule."""
@@ -145,7 +148,7 @@ class CapHumanPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """(batch_size, T, D) identity tokens from reference faces or precomputed inputs."""
         if references is not None:
-            identity = prepare_identity_inputs(references, self.face_recognizer, self.image_processor)
+            identity = prepare_identity_inputs(references, self.face_recognizer, self.feature_extractor)
         expected = self.identity_encoder.config.face_embedding_dim
         if identity.face_embeds.shape[-1] != expected:
             raise ValueError(f"face embeddings are {identity.face_embeds.shape[-1]}-d but the identity encoder expects {expected}-d.")
@@ -462,7 +465,7 @@ class CapHumanPipeline(DiffusionPipeline):
             images = latents
         else:
             decoded = self.decode_latents(latents, generator)
-            images = self.vae_image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
+            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
         self.maybe_free_model_hooks()
         return CapHumanPipelineOutput(images=images, face_masks=face_mask)
 

@@ -22,7 +22,7 @@ class Backbone:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     image_encoder: CLIPVisionModel
-    image_processor: CLIPImageProcessor
+    feature_extractor: CLIPImageProcessor  # CLIP's preprocessing of the reference face (diffusers' name)
     scheduler_config: dict[str, Any]
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -72,6 +72,6 @@ def random_sd15_backbone(seed: int = 0, with_clip_vision: bool = True) -> Backbo
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
-        image_processor=clip_image_processor(CLIP_VIT_L14_VISION["image_size"]),
+        feature_extractor=clip_image_processor(CLIP_VIT_L14_VISION["image_size"]),
         scheduler_config=dict(SD15_SCHEDULE),
     ).freeze()

@@ -287,7 +287,7 @@ def load_sd15_backbone(model: ModelConfig, weights_dir: str | Path, architecture
     clip_path = _resolve(weights_dir, model.clip_vision)
     if not sd_path.exists():
         raise MissingWeightsError("Stable Diffusion 1.5 checkpoint", str(sd_path), SD_SOURCE)
-    image_encoder, image_processor = load_clip_vision(clip_path)
+    image_encoder, feature_extractor = load_clip_vision(clip_path)
 
     if sd_path.is_dir():
         unet, vae, text_encoder, tokenizer, scheduler_config = load_diffusers_folder(sd_path)
@@ -306,6 +306,6 @@ def load_sd15_backbone(model: ModelConfig, weights_dir: str | Path, architecture
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
-        image_processor=image_processor,
+        feature_extractor=feature_extractor,
         scheduler_config=scheduler_config,
     ).freeze()

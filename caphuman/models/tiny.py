@@ -112,6 +112,6 @@ def tiny_backbone(config: TinyModelConfig | None = None) -> Backbone:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
-        image_processor=clip_image_processor(config.vision_image_size),
+        feature_extractor=clip_image_processor(config.vision_image_size),
         scheduler_config=dict(SD15_SCHEDULE),
     ).freeze()

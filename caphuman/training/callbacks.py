@@ -131,7 +131,7 @@ class ValidationSamplesCallback(pl.Callback):
             capface=pl_module.adapter.capface,
             identity_encoder=pl_module.adapter.identity_encoder,
             image_encoder=pl_module.image_encoder,
-            image_processor=pl_module.image_processor,
+            feature_extractor=pl_module.feature_extractor,
             scheduler=make_scheduler(self.config.sampling.scheduler, pl_module.scheduler_config),
         )
         pipe.set_progress_bar_config(disable=True)
