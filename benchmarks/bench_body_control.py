@@ -104,7 +104,7 @@ def main() -> None:
     def run_ours(strength: float, capface: float = 1.0, callback=None):
         return ours(prompt, hint, identity=identity, num_inference_steps=args.steps, negative_prompt="missing fingers",
                     capface_strength=capface, body_map=pose, body_control_strength=strength,
-                    generator=torch.Generator().manual_seed(0), output_type="latent", callback=callback).images
+                    generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=callback).images
 
     with torch.inference_mode():
         # 1. parity

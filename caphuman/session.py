@@ -28,9 +28,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +38,9 @@ from caphuman.conditions.identity import ReferenceFace
 from caphuman.config import CapHumanConfig, SamplingConfig
 from caphuman.errors import CapHumanError
 from caphuman.head.params import HeadParams
+
+if TYPE_CHECKING:  # the pipeline (diffusers, torch models) loads on first use, not on import
+    from caphuman.pipeline import StepEndCallback
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +342,7 @@ class CapHumanSession:
         generator: torch.Generator | list[torch.Generator] | None = None,
         body_map: np.ndarray | torch.Tensor | None = None,
         people: list | None = None,
-        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
         **overrides: Any,
     ):
         """Images of the reference person for ``prompt`` with the head in ``hint``.
@@ -357,7 +359,8 @@ class CapHumanSession:
             people: several people instead of ``references`` and ``hint`` (pass None for both): a list
                 of :class:`caphuman.conditions.people.PersonCondition`, each with its own references and
                 hint on the full canvas; one CapFace pass per person, each gated by its own mask.
-            callback: called as callback(step_index, timestep, latents) after each denoising step
+            callback_on_step_end: the pipeline's (diffusers') step-end callback,
+                ``callback(pipe, step_index, timestep, callback_kwargs)`` after each denoising step
                 (the demo moves its progress bar with it).
             overrides: SamplingConfig fields for this call (num_images, num_inference_steps,
                 guidance_scale, capface_strength, mask_gating, tau, eta, seed, negative_prompt...).
@@ -388,7 +391,7 @@ class CapHumanSession:
             body_map=body_map,
             body_control_strength=sampling.body_control_strength,
             people=people,
-            callback=callback,
+            callback_on_step_end=callback_on_step_end,
         )
 
     # ------------------------------------------------------------------ lifetime
