@@ -377,21 +377,11 @@ class CapHumanSession:
             join_prompt(prompt, a_prompt) if isinstance(prompt, str) else [join_prompt(text, a_prompt) for text in prompt],
             hint,
             references=references,
-            negative_prompt=sampling.negative_prompt,
-            num_images_per_prompt=sampling.num_images,
-            num_inference_steps=sampling.num_inference_steps,
-            guidance_scale=sampling.guidance_scale,
-            identity_guidance_scale=sampling.identity_guidance_scale,
-            capface_strength=sampling.capface_strength,
-            mask_gating=sampling.mask_gating,
-            tau=sampling.tau,
-            eta=sampling.eta,
-            reference_fusion=self.config.model.reference_fusion,
             generator=generator,
             body_map=body_map,
-            body_control_strength=sampling.body_control_strength,
             people=people,
             callback_on_step_end=callback_on_step_end,
+            **sampling.pipeline_kwargs(self.config.model.reference_fusion),
         )
 
     # ------------------------------------------------------------------ lifetime

@@ -1,8 +1,12 @@
 """diffusers' pipeline conventions on the tiny CapHuman pipeline: precomputed prompt and identity
-embeddings, callback_on_step_end, return_dict and optional components. Where diffusers' own StableDiffusionPipeline defines the
+embeddings, callback_on_step_end, return_dict, optional components, and the one SamplingConfig ->
+pipeline keyword-argument mapping. Where diffusers' own StableDiffusionPipeline defines the
 behaviour, the test compares against it (CapFace at strength 0 is plain SD)."""
 
 from __future__ import annotations
+
+import dataclasses
+import inspect
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from diffusers import StableDiffusionPipeline
 
 from caphuman.conditions.identity import ReferenceFace
 from caphuman.conditions.people import PersonCondition
+from caphuman.config import SamplingConfig
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
 from tests.test_pipeline import PROMPT, SIZE, hint, identity_inputs, randomize_capface
@@ -234,3 +239,34 @@ def test_pipeline_builds_without_its_optional_components(tiny_pipeline):
         generate(bare, steps=1, references=reference_faces(1))
     with pytest.raises(ValueError, match="needs a pipeline with a body_controlnet"):
         generate(bare, steps=1, body_map=torch.zeros(3, SIZE, SIZE), body_control_strength=1.0)
+
+
+# ------------------------------------------------------------------ SamplingConfig -> pipeline kwargs
+
+
+def test_every_sampling_setting_is_a_pipeline_argument_or_fixed_elsewhere():
+    """A new SamplingConfig field must be mapped in pipeline_kwargs or listed here as not per call."""
+    kwargs = SamplingConfig().pipeline_kwargs("concat")
+    call = inspect.signature(CapHumanPipeline.__call__).parameters
+    assert set(kwargs) <= set(call)
+    fixed_elsewhere = {"scheduler", "height", "width", "seed", "dtype", "attention", "body_modes", "compile", "channels_last"}
+    renamed = {"num_images": "num_images_per_prompt"}
+    for field in dataclasses.fields(SamplingConfig):
+        assert field.name in fixed_elsewhere or renamed.get(field.name, field.name) in kwargs, field.name
+    assert kwargs["reference_fusion"] == "concat"
+    # The config's defaults are the pipeline's: a call with the default config equals a bare call.
+    assert all(call[name].default == value for name, value in SamplingConfig().pipeline_kwargs().items() if name != "negative_prompt")
+
+
+def test_session_samples_with_the_config_kwargs(tiny_pipeline, monkeypatch):
+    from caphuman.config import load_config
+    from caphuman.session import CapHumanSession
+
+    config = load_config("configs/tiny.yaml", {"sampling": {"tau": 500, "eta": 0.5}})
+    calls = []
+    with CapHumanSession(config, device="cpu") as session:
+        session._pipeline = lambda *args, **kwargs: calls.append(kwargs)
+        session._pipeline.device = torch.device("cpu")
+        session.generate(PROMPT, [], hint(), guidance_scale=3.0)
+    expected = dataclasses.replace(config.sampling, guidance_scale=3.0).pipeline_kwargs(config.model.reference_fusion)
+    assert {name: calls[0][name] for name in expected} == expected
