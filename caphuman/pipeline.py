@@ -626,4 +626,4 @@ def zeros_like_tokens(id_tokens: torch.Tensor | list[torch.Tensor]) -> torch.Ten
     return torch.zeros_like(id_tokens)
 
 
-__all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "PersonCondition", "SCHEDULERS"]
+__all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "PersonCondition", "SCHEDULERS", "StepEndCallback"]
