@@ -85,7 +85,7 @@ def main() -> None:
     shared = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet)
     ours = CapHumanPipeline(
         **shared, capface=adapter.capface, identity_encoder=adapter.identity_encoder, image_encoder=backbone.image_encoder,
-        image_processor=backbone.image_processor, scheduler=make_scheduler("ddim"), body_controlnet=controlnet,
+        feature_extractor=backbone.feature_extractor, scheduler=make_scheduler("ddim"), body_controlnet=controlnet,
     ).to(device, dtype)
     theirs = StableDiffusionControlNetPipeline(
         **shared, controlnet=controlnet, scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,
@@ -104,7 +104,7 @@ def main() -> None:
     def run_ours(strength: float, capface: float = 1.0, callback=None):
         return ours(prompt, hint, identity=identity, num_inference_steps=args.steps, negative_prompt="missing fingers",
                     capface_strength=capface, body_map=pose, body_control_strength=strength,
-                    generator=torch.Generator().manual_seed(0), output_type="latent", callback=callback).images
+                    generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=callback).images
 
     with torch.inference_mode():
         # 1. parity

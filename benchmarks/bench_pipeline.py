@@ -92,7 +92,7 @@ def build_pipelines(tiny: bool, device: torch.device, dtype: torch.dtype) -> tup
     shared = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet)
     ours = CapHumanPipeline(
         **shared, capface=adapter.capface, identity_encoder=adapter.identity_encoder, image_encoder=backbone.image_encoder,
-        image_processor=backbone.image_processor, scheduler=make_scheduler("ddim"),
+        feature_extractor=backbone.feature_extractor, scheduler=make_scheduler("ddim"),
     ).to(device, dtype)
     theirs = StableDiffusionControlNetPipeline(
         **shared, controlnet=controlnet, scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,

@@ -210,7 +210,7 @@ def identity_inputs(backbone, references: torch.Tensor, face_embedding_dim: int)
 
     crops = [((image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy() for image in references]
     face_embeds = TinyFaceRecognizer(face_embedding_dim).embed(crops).float()
-    clip_pixels = backbone.image_processor(images=crops, return_tensors="pt").pixel_values
+    clip_pixels = backbone.feature_extractor(images=crops, return_tensors="pt").pixel_values
     return face_embeds[:, None], clip_pixels[:, None]
 
 
@@ -342,7 +342,7 @@ def generate(backbone, adapter, renders: RenderSet, face_embeds, clip_pixels, se
     pipe = CapHumanPipeline(
         vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet,
         capface=adapter.capface, identity_encoder=adapter.identity_encoder,
-        image_encoder=backbone.image_encoder, image_processor=backbone.image_processor,
+        image_encoder=backbone.image_encoder, feature_extractor=backbone.feature_extractor,
         scheduler=make_scheduler("ddim", backbone.scheduler_config),
     )
     pipe.set_progress_bar_config(disable=True)

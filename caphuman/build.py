@@ -152,7 +152,7 @@ def build_pipeline(
         capface=adapter.capface.eval(),
         identity_encoder=adapter.identity_encoder.eval(),
         image_encoder=backbone.image_encoder,
-        image_processor=backbone.image_processor,
+        feature_extractor=backbone.feature_extractor,
         scheduler=make_scheduler(config.sampling.scheduler, backbone.scheduler_config),
         face_recognizer=recognizer,
         body_controlnet=body_controlnet,

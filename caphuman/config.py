@@ -183,6 +183,26 @@ class SamplingConfig:
             if value <= 0 or value % 8:
                 raise ConfigError(f"sampling.{name} must be a positive multiple of 8, got {value}.")
 
+    def pipeline_kwargs(self, reference_fusion: str = "mean") -> dict[str, Any]:
+        """These settings as CapHumanPipeline keyword arguments: the one place the config's names
+        become the pipeline's. Not included: the image size (the hint sets it), the seed (callers
+        make the generator on their device), and what is fixed when the pipeline is built
+        (scheduler, dtype, attention, compile, channels_last); ``body_modes`` shapes the pose map.
+        ``reference_fusion`` is the model's (``model.reference_fusion``)."""
+        return {
+            "negative_prompt": self.negative_prompt,
+            "num_images_per_prompt": self.num_images,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "identity_guidance_scale": self.identity_guidance_scale,
+            "capface_strength": self.capface_strength,
+            "mask_gating": self.mask_gating,
+            "tau": self.tau,
+            "eta": self.eta,
+            "reference_fusion": reference_fusion,
+            "body_control_strength": self.body_control_strength,
+        }
+
 
 @dataclass
 class IdentityConfig:

@@ -15,6 +15,13 @@ mask gate. At strength 0 (the published default) or without a map it is not run 
 Several people (``people=[PersonCondition, ...]``): one CapFace pass per person with that
 person's identity tokens and hint; each pass is gated by its own predicted face mask and the
 gated residuals are summed (see caphuman.conditions.people).
+
+The call follows diffusers' StableDiffusionPipeline: precomputed ``prompt_embeds`` /
+``negative_prompt_embeds`` (from :meth:`CapHumanPipeline.encode_prompt`) instead of prompts,
+precomputed ``identity_embeds`` (from :meth:`CapHumanPipeline.encode_identity`) instead of
+reference faces, ``callback_on_step_end`` and ``return_dict``. The components are named as in
+diffusers: ``feature_extractor`` is CLIP's image processor (reference face -> CLIP input) and
+``image_processor`` the VAE's (decoded tensors -> PIL / numpy).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
@@ -59,11 +66,20 @@ class CapHumanPipelineOutput(BaseOutput):
     face_masks: torch.Tensor
 
 
+# What a step-end callback may receive and replace (see CapHumanPipeline.__call__).
+StepEndCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, Any]], dict[str, Any] | None]
+
+
 class CapHumanPipeline(DiffusionPipeline):
-    """Text + identity + 3D head condition -> images. See the module docstring."""
+    """Text + identity + 3D head condition -> images. See the module docstring.
+
+    Optional components: ``face_recognizer`` (only reference faces need it; precomputed
+    ``identity`` inputs or ``identity_embeds`` do not) and ``body_controlnet`` (the OpenPose branch).
+    """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->identity_encoder->capface->body_controlnet->unet->vae"
-    _optional_components = ["body_controlnet"]
+    _optional_components = ["face_recognizer", "body_controlnet"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
@@ -74,7 +90,7 @@ class CapHumanPipeline(DiffusionPipeline):
         capface: CapFaceModel,
         identity_encoder: IdentityEncoder,
         image_encoder: CLIPVisionModel,
-        image_processor: CLIPImageProcessor,
+        feature_extractor: CLIPImageProcessor,
         scheduler: SchedulerMixin,
         face_recognizer: FaceRecognizer | None = None,
         body_controlnet: ControlNetModel | None = None,
@@ -88,13 +104,13 @@ class CapHumanPipeline(DiffusionPipeline):
             capface=capface,
             identity_encoder=identity_encoder,
             image_encoder=image_encoder,
-            image_processor=image_processor,
+            feature_extractor=feature_extractor,
             scheduler=scheduler,
             face_recognizer=face_recognizer,
             body_controlnet=body_controlnet,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler by name (see caphuman.schedulers.SCHEDULERS), keeping the noise schedule."""
@@ -103,11 +119,11 @@ class CapHumanPipeline(DiffusionPipeline):
     # 1. inputs ------------------------------------------------------------------------------
     def check_inputs(
         self,
-        prompts: list[str],
-        negative_prompts: list[str],
-        hint: torch.Tensor,
-        references: list[ReferenceFace] | None,
-        identity: IdentityInputs | None,
+        prompts: list[str] | None,
+        negative_prompts: list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        people: list[PersonCondition],
         height: int,
         width: int,
         num_inference_steps: int,
@@ -116,16 +132,45 @@ class CapHumanPipeline(DiffusionPipeline):
         capface_strength: float,
         reference_fusion: str,
         tau: int,
+        callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
-        if not prompts or not all(isinstance(p, str) for p in prompts):
+        """ValueErrors naming the problem; ``prompts`` / ``negative_prompts`` are lists (or None
+        where embeddings replace them), as __call__ normalises them."""
+        if prompts is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if prompts is None and prompt_embeds is None:
+            raise ValueError("Pass `prompt` (a string or a list) or precomputed `prompt_embeds`.")
+        if negative_prompts is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
+        if prompts is not None and (not prompts or not all(isinstance(p, str) for p in prompts)):
             raise ValueError("prompt must be a string or a non-empty list of strings.")
-        if len(negative_prompts) != len(prompts):
-            raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts; give one or one per prompt.")
-        if (references is None) == (identity is None):
-            raise ValueError("Pass exactly one of `references` (reference faces) or `identity` (precomputed IdentityInputs).")
-        if references is not None and self.face_recognizer is None:
-            raise ValueError("This pipeline has no face recogniser; pass precomputed `identity` inputs instead of `references`.")
-        check_hint(hint, len(prompts), height, width)
+        if prompt_embeds is not None and (not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3):
+            raise ValueError(f"prompt_embeds must be a (B, T, D) tensor, got {_describe(prompt_embeds)}.")
+        batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        if negative_prompts is not None and len(negative_prompts) != batch:
+            raise ValueError(f"{len(negative_prompts)} negative prompts for {batch} prompts; give one or one per prompt.")
+        if negative_prompt_embeds is not None:
+            if not isinstance(negative_prompt_embeds, torch.Tensor) or negative_prompt_embeds.ndim != 3:
+                raise ValueError(f"negative_prompt_embeds must be a (B, T, D) tensor, got {_describe(negative_prompt_embeds)}.")
+            if negative_prompt_embeds.shape[0] != batch or (
+                prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape
+            ):
+                raise ValueError(
+                    f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must match the prompts "
+                    f"({batch} of them{'' if prompt_embeds is None else ', prompt_embeds ' + str(tuple(prompt_embeds.shape))})."
+                )
+        for person in people:
+            sources = [person.references is not None, person.identity is not None, person.identity_embeds is not None]
+            if sum(sources) != 1:
+                raise ValueError(
+                    "Pass exactly one of `references` (reference faces), `identity` (precomputed IdentityInputs) "
+                    "or `identity_embeds` (precomputed identity tokens, see encode_identity)."
+                )
+            if person.references is not None and self.face_recognizer is None:
+                raise ValueError("This pipeline has no face recogniser; pass precomputed `identity` inputs instead of `references`.")
+            if person.identity_embeds is not None:
+                self.check_identity_embeds(person.identity_embeds, batch)
+            check_hint(person.hint, batch, height, width)
         if height % 8 or width % 8 or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of 8, got {height}x{width}.")
         if num_inference_steps < 1:
@@ -138,18 +183,87 @@ class CapHumanPipeline(DiffusionPipeline):
             raise ValueError(f"reference_fusion must be one of {REFERENCE_FUSIONS}, got '{reference_fusion}'.")
         if not 0 <= tau <= self.scheduler.config.num_train_timesteps:
             raise ValueError(f"tau must be a timestep in [0, {self.scheduler.config.num_train_timesteps}], got {tau}.")
+        unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, got {unknown}.")
+
+    def check_identity_embeds(self, identity_embeds: torch.Tensor, batch: int) -> None:
+        """Precomputed identity tokens must be (1 or batch, T, D) with the identity encoder's D."""
+        if not isinstance(identity_embeds, torch.Tensor) or identity_embeds.ndim != 3:
+            raise ValueError(f"identity_embeds must be a (B, T, D) tensor from encode_identity, got {_describe(identity_embeds)}.")
+        if identity_embeds.shape[0] not in (1, batch):
+            raise ValueError(f"identity_embeds has batch {identity_embeds.shape[0]} for {batch} prompts; pass 1 or one per prompt.")
+        expected = self.identity_encoder.config.cross_attention_dim
+        if identity_embeds.shape[-1] != expected:
+            raise ValueError(f"identity_embeds are {identity_embeds.shape[-1]}-d but CapFace reads {expected}-d identity tokens.")
 
     # 2. conditions --------------------------------------------------------------------------
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings for the UNet, as diffusers' ``StableDiffusionPipeline.encode_prompt``.
+
+        Embeddings passed in are used as given (moved to the execution device and the text
+        encoder's dtype); missing ones are encoded from the prompts (negative default ""). Both
+        are repeated per image (num_images_per_prompt); the negative ones are None without guidance.
+
+        Returns:
+            (prompt_embeds, negative_prompt_embeds), each (B * num_images_per_prompt, T, D).
+        """
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds = encode_prompts(prompts, self.tokenizer, self.text_encoder)
+        else:
+            prompt_embeds = prompt_embeds.to(device=self._execution_device, dtype=self.text_encoder.dtype)
+        batch = prompt_embeds.shape[0]
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = None
+        elif negative_prompt_embeds is None:
+            negative_prompt = "" if negative_prompt is None else negative_prompt
+            negative_prompts = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+            negative_prompt_embeds = encode_prompts(negative_prompts, self.tokenizer, self.text_encoder)
+        else:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=self._execution_device, dtype=self.text_encoder.dtype)
+        # Repeated per image the way diffusers repeats prompt embeddings (prompt-major order).
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
+        return prompt_embeds, negative_prompt_embeds
+
     def encode_identity(
-        self, references: list[ReferenceFace] | None, identity: IdentityInputs | None, batch_size: int, fusion: str
+        self,
+        references: list[ReferenceFace] | None = None,
+        identity: IdentityInputs | None = None,
+        batch_size: int = 1,
+        fusion: str = "mean",
     ) -> torch.Tensor:
-        """(batch_size, T, D) identity tokens from reference faces or precomputed inputs."""
+        """(batch_size, T, D) identity tokens from reference faces or precomputed inputs: what
+        ``identity_embeds`` takes (with ``reference_fusion`` = ``fusion``)."""
+        if (references is None) == (identity is None):
+            raise ValueError("encode_identity needs exactly one of `references` or `identity`.")
         if references is not None:
-            identity = prepare_identity_inputs(references, self.face_recognizer, self.image_processor)
+            identity = prepare_identity_inputs(references, self.face_recognizer, self.feature_extractor)
         expected = self.identity_encoder.config.face_embedding_dim
         if identity.face_embeds.shape[-1] != expected:
             raise ValueError(f"face embeddings are {identity.face_embeds.shape[-1]}-d but the identity encoder expects {expected}-d.")
         return identity_tokens(identity.repeat(batch_size), self.image_encoder, self.identity_encoder, fusion)
+
+    def prepare_identity_embeds(
+        self, person: PersonCondition, batch_size: int, num_images_per_prompt: int, fusion: str
+    ) -> torch.Tensor:
+        """One person's identity tokens for every image: (batch_size * num_images_per_prompt, T, D)
+        in CapFace's dtype, computed (encode_identity) or precomputed (``identity_embeds``)."""
+        if person.identity_embeds is None:
+            tokens = self.encode_identity(person.references, person.identity, batch_size, fusion)
+        else:
+            tokens = person.identity_embeds.to(self._execution_device).expand(batch_size, -1, -1)
+        return tokens.to(self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
 
     def prepare_latents(self, shape: tuple[int, ...], generator, latents: torch.Tensor | None) -> torch.Tensor:
         if latents is None:
@@ -333,7 +447,7 @@ class CapHumanPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         hint: torch.Tensor | None = None,
         references: list[ReferenceFace] | None = None,
         identity: IdentityInputs | None = None,
@@ -351,20 +465,28 @@ class CapHumanPipeline(DiffusionPipeline):
         width: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        identity_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
-        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         body_map: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
         body_control_strength: float = 0.0,
         people: list[PersonCondition] | None = None,
-    ) -> CapHumanPipelineOutput:
+    ) -> CapHumanPipelineOutput | tuple:
         """Generate images.
 
         Args:
-            prompt: one prompt or a list (batch B).
+            prompt: one prompt or a list (batch B), or
+            prompt_embeds: precomputed (B, T, D) text embeddings (see :meth:`encode_prompt`).
             hint: (9, H, W), (1, 9, H, W) or (B, 9, H, W) head condition at the image size.
             references: reference faces of one identity (cropped by caphuman.faces), or
-            identity: precomputed :class:`IdentityInputs` (B = 1 or B).
-            negative_prompt: default "" (as published).
+            identity: precomputed :class:`IdentityInputs` (B = 1 or B), or
+            identity_embeds: precomputed (1 or B, T, D) identity tokens (see :meth:`encode_identity`).
+            negative_prompt: default "" (as published), or
+            negative_prompt_embeds: precomputed, shaped as ``prompt_embeds``.
             num_images_per_prompt: images per prompt (N = B * num_images_per_prompt).
             num_inference_steps, guidance_scale, eta: sampler settings (published: 20, 7.0, 0).
             identity_guidance_scale: extra guidance on the identity tokens (None: off, as published).
@@ -375,57 +497,63 @@ class CapHumanPipeline(DiffusionPipeline):
             height, width: image size; default: the hint's size.
             generator: torch.Generator(s) for reproducible latents.
             output_type: "pil", "np", "pt" or "latent".
-            callback: called as callback(step_index, timestep, latents) after each step.
+            return_dict: False returns the tuple (images, face_masks).
+            callback_on_step_end: as in diffusers, called after each step as
+                ``callback(pipe, step_index, timestep, callback_kwargs)`` with the tensors named in
+                ``callback_on_step_end_tensor_inputs`` (default ["latents"]; any of
+                ``_callback_tensor_inputs``); a returned dict replaces those tensors (e.g. latents).
             body_map: pose map for the optional OpenPose ControlNet (caphuman.body.draw_openpose_map):
                 a PIL image or (H, W, 3) uint8 array, or a tensor in [0, 1] of shape (3, H, W),
                 (1, 3, H, W) or (B, 3, H, W).
             body_control_strength: scale of the OpenPose ControlNet's residuals (published default 0: off).
-            people: several people instead of ``hint`` + ``references``/``identity``: one
-                :class:`PersonCondition` each (their hints on the full canvas); one CapFace pass
+            people: several people instead of ``hint`` + ``references``/``identity``/``identity_embeds``:
+                one :class:`PersonCondition` each (their hints on the full canvas); one CapFace pass
                 per person, gated by its own mask, residuals summed. One person equals the
                 single-person call.
+        Returns:
+            :class:`CapHumanPipelineOutput`, or (images, face_masks) when ``return_dict`` is False.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negative_prompt = "" if negative_prompt is None else negative_prompt
-        negative_prompts = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        prompts = None if prompt is None else [prompt] if isinstance(prompt, str) else list(prompt)
+        batch_prompts = len(prompts) if prompts is not None else len(prompt_embeds) if isinstance(prompt_embeds, torch.Tensor) else 0
+        negative_prompts = None
+        if negative_prompt is not None:
+            negative_prompts = [negative_prompt] * batch_prompts if isinstance(negative_prompt, str) else list(negative_prompt)
+        elif negative_prompt_embeds is None and prompts is not None:
+            negative_prompts = [""] * len(prompts)
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
         if people is None:
-            people = [PersonCondition(hint=hint, references=references, identity=identity)]
-        elif hint is not None or references is not None or identity is not None:
-            raise ValueError("Pass either `people` or `hint` with `references`/`identity`, not both.")
+            people = [PersonCondition(hint=hint, references=references, identity=identity, identity_embeds=identity_embeds)]
+        elif hint is not None or references is not None or identity is not None or identity_embeds is not None:
+            raise ValueError("Pass either `people` or `hint` with `references`/`identity`/`identity_embeds`, not both.")
         elif not people or not all(isinstance(person, PersonCondition) for person in people):
             raise ValueError("`people` must be a non-empty list of PersonCondition.")
         if isinstance(people[0].hint, torch.Tensor):
             height = people[0].hint.shape[-2] if height is None else height
             width = people[0].hint.shape[-1] if width is None else width
-        for person in people:
-            self.check_inputs(
-                prompts, negative_prompts, person.hint, person.references, person.identity, height, width, num_inference_steps,
-                guidance_scale, identity_guidance_scale, capface_strength, reference_fusion, tau,
-            )
+        self.check_inputs(
+            prompts, negative_prompts, prompt_embeds, negative_prompt_embeds, people, height, width, num_inference_steps,
+            guidance_scale, identity_guidance_scale, capface_strength, reference_fusion, tau, callback_on_step_end_tensor_inputs,
+        )
         if body_control_strength < 0:
             raise ValueError(f"body_control_strength must be >= 0, got {body_control_strength}.")
         use_body = body_map is not None and body_control_strength != 0
         if use_body and self.body_controlnet is None:
             raise ValueError("body_control_strength > 0 needs a pipeline with a body_controlnet (the OpenPose ControlNet).")
         device = self._execution_device
-        batch = len(prompts) * num_images_per_prompt
+        batch = batch_prompts * num_images_per_prompt
         # As the published DDIM sampler: guidance runs for any scale but exactly 1 (below 1 too).
         do_guidance = guidance_scale != 1.0 or identity_guidance_scale is not None
 
         # Conditions, repeated per image the way diffusers repeats prompt embeddings.
-        text_embeds = encode_prompts(prompts, self.tokenizer, self.text_encoder).repeat_interleave(num_images_per_prompt, 0)
-        negative_embeds = None
-        if do_guidance:
-            negative_embeds = encode_prompts(negative_prompts, self.tokenizer, self.text_encoder).repeat_interleave(num_images_per_prompt, 0)
-        body_map = self.prepare_body_map(body_map, len(prompts), height, width).repeat_interleave(num_images_per_prompt, 0) if use_body else None
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts, num_images_per_prompt, do_guidance, negative_prompts, prompt_embeds, negative_prompt_embeds
+        )
+        body_map = self.prepare_body_map(body_map, batch_prompts, height, width).repeat_interleave(num_images_per_prompt, 0) if use_body else None
 
-        id_tokens = [
-            self.encode_identity(person.references, person.identity, len(prompts), reference_fusion)
-            .to(self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
-            for person in people
-        ]
+        id_tokens = [self.prepare_identity_embeds(person, batch_prompts, num_images_per_prompt, reference_fusion) for person in people]
         hint = [
-            check_hint(person.hint, len(prompts), height, width).to(device, self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
+            check_hint(person.hint, batch_prompts, height, width).to(device, self.capface.dtype).repeat_interleave(num_images_per_prompt, 0)
             for person in people
         ]
         if len(people) == 1:  # one person: exactly the single-person path
@@ -449,22 +577,34 @@ class CapHumanPipeline(DiffusionPipeline):
             for index, timestep in enumerate(timesteps):
                 step_tokens = zero_tokens if drop_identity[index] else id_tokens
                 noise, face_mask = self.predict_noise(
-                    latents, timestep, text_embeds, negative_embeds, step_tokens, hint,
+                    latents, timestep, prompt_embeds, negative_prompt_embeds, step_tokens, hint,
                     guidance_scale, identity_guidance_scale, capface_strength, mask_gating,
                     body_map=body_map, body_control_strength=body_control_strength,
                 )
                 latents = self.scheduler.step(noise, host_timesteps[index], latents, **step_kwargs, return_dict=False)[0]
-                if callback is not None:
-                    callback(index, timestep, latents)
+                if callback_on_step_end is not None:
+                    step_tensors = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+                    callback_kwargs = {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    replaced = callback_on_step_end(self, index, timestep, callback_kwargs) or {}
+                    latents = replaced.pop("latents", latents)
+                    prompt_embeds = replaced.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = replaced.pop("negative_prompt_embeds", negative_prompt_embeds)
                 progress.update()
 
         if output_type == "latent":
             images = latents
         else:
             decoded = self.decode_latents(latents, generator)
-            images = self.vae_image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
+            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
         self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, face_mask
         return CapHumanPipelineOutput(images=images, face_masks=face_mask)
+
+
+def _describe(value: Any) -> str:
+    """A tensor's shape, or another value's type, for error messages."""
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def add_residuals(
@@ -486,4 +626,4 @@ def zeros_like_tokens(id_tokens: torch.Tensor | list[torch.Tensor]) -> torch.Ten
     return torch.zeros_like(id_tokens)
 
 
-__all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "PersonCondition", "SCHEDULERS"]
+__all__ = ["CapHumanPipeline", "CapHumanPipelineOutput", "PersonCondition", "SCHEDULERS", "StepEndCallback"]

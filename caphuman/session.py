@@ -28,9 +28,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +38,9 @@ from caphuman.conditions.identity import ReferenceFace
 from caphuman.config import CapHumanConfig, SamplingConfig
 from caphuman.errors import CapHumanError
 from caphuman.head.params import HeadParams
+
+if TYPE_CHECKING:  # the pipeline (diffusers, torch models) loads on first use, not on import
+    from caphuman.pipeline import StepEndCallback
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +343,7 @@ class CapHumanSession:
         generator: torch.Generator | list[torch.Generator] | None = None,
         body_map: np.ndarray | torch.Tensor | None = None,
         people: list | None = None,
-        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
         **overrides: Any,
     ):
         """Images of the reference person for ``prompt`` with the head in ``hint``.
@@ -358,7 +360,8 @@ class CapHumanSession:
             people: several people instead of ``references`` and ``hint`` (pass None for both): a list
                 of :class:`caphuman.conditions.people.PersonCondition`, each with its own references and
                 hint on the full canvas; one CapFace pass per person, each gated by its own mask.
-            callback: called as callback(step_index, timestep, latents) after each denoising step
+            callback_on_step_end: the pipeline's (diffusers') step-end callback,
+                ``callback(pipe, step_index, timestep, callback_kwargs)`` after each denoising step
                 (the demo moves its progress bar with it).
             overrides: SamplingConfig fields for this call (num_images, num_inference_steps,
                 guidance_scale, capface_strength, mask_gating, tau, eta, seed, negative_prompt...).
@@ -375,21 +378,11 @@ class CapHumanSession:
             join_prompt(prompt, a_prompt) if isinstance(prompt, str) else [join_prompt(text, a_prompt) for text in prompt],
             hint,
             references=references,
-            negative_prompt=sampling.negative_prompt,
-            num_images_per_prompt=sampling.num_images,
-            num_inference_steps=sampling.num_inference_steps,
-            guidance_scale=sampling.guidance_scale,
-            identity_guidance_scale=sampling.identity_guidance_scale,
-            capface_strength=sampling.capface_strength,
-            mask_gating=sampling.mask_gating,
-            tau=sampling.tau,
-            eta=sampling.eta,
-            reference_fusion=self.config.model.reference_fusion,
             generator=generator,
             body_map=body_map,
-            body_control_strength=sampling.body_control_strength,
             people=people,
-            callback=callback,
+            callback_on_step_end=callback_on_step_end,
+            **sampling.pipeline_kwargs(self.config.model.reference_fusion),
         )
 
     # ------------------------------------------------------------------ lifetime

@@ -170,7 +170,7 @@ def test_reference_faces_path_equals_precomputed_inputs(tiny_pipeline):
     randomize_capface(tiny_pipeline.capface)
     from caphuman.conditions.identity import prepare_identity_inputs
 
-    precomputed = prepare_identity_inputs(faces, tiny_pipeline.face_recognizer, tiny_pipeline.image_processor)
+    precomputed = prepare_identity_inputs(faces, tiny_pipeline.face_recognizer, tiny_pipeline.feature_extractor)
     assert precomputed.face_embeds.shape == (1, 2, 512)
     np.testing.assert_array_equal(run(tiny_pipeline, identity=None, references=faces), run(tiny_pipeline, identity=precomputed))
 

@@ -38,7 +38,7 @@ def clip_folder(tmp_path_factory, tiny_backbone) -> Path:
     folder = tmp_path_factory.mktemp("weights") / "clip-vit-large-patch14"
     tiny_backbone.image_encoder.save_pretrained(folder)
     tiny_backbone.tokenizer.save_pretrained(folder)
-    tiny_backbone.image_processor.save_pretrained(folder)
+    tiny_backbone.feature_extractor.save_pretrained(folder)
     return folder
 
 

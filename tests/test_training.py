@@ -140,7 +140,7 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
         for parameter in adapter.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
     module = CapHumanTrainingModule(config, tiny_backbone, adapter)
-    dataset = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.image_processor,
+    dataset = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.feature_extractor,
                               dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False)
     records = [record for record, _ in zip(dataset, range(4))]
     records[0]["drop_hint"], records[2]["drop_hint"] = torch.tensor(True), torch.tensor(True)
@@ -222,7 +222,7 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
 
     # Sampling through caphuman.build with the export == sampling with the in-memory EMA weights.
-    reference = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.image_processor,
+    reference = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.feature_extractor,
                                 dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False)
     record = next(iter(reference))
     identity = IdentityInputs(record["face_embeds"][None], record["clip_pixel_values"][None])
@@ -238,7 +238,7 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
         in_memory = CapHumanPipeline(
             vae=tiny_backbone.vae, text_encoder=tiny_backbone.text_encoder, tokenizer=tiny_backbone.tokenizer,
             unet=tiny_backbone.unet, capface=module.adapter.capface.eval(), identity_encoder=module.adapter.identity_encoder,
-            image_encoder=tiny_backbone.image_encoder, image_processor=tiny_backbone.image_processor,
+            image_encoder=tiny_backbone.image_encoder, feature_extractor=tiny_backbone.feature_extractor,
             scheduler=make_scheduler("ddim", tiny_backbone.scheduler_config),
         )
         in_memory.set_progress_bar_config(disable=True)

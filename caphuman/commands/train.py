@@ -106,7 +106,7 @@ def claim_run_folder(config: TrainConfig, resuming: bool):
     )
 
 
-def default_datasets(config: TrainConfig, image_processor) -> tuple[Any, Callable[[list[dict]], dict], dict[str, Any]]:
+def default_datasets(config: TrainConfig, feature_extractor) -> tuple[Any, Callable[[list[dict]], dict], dict[str, Any]]:
     """The preprocessed dataset at training.data.root (caphuman.data), its collate function and a
     validation batch (the first ``validation.num_references`` records, without dropout).
 
@@ -118,7 +118,7 @@ def default_datasets(config: TrainConfig, image_processor) -> tuple[Any, Callabl
     data = config.training.data
     if not Path(data.root).exists():
         raise CapHumanError(f"Dataset '{data.root}' does not exist; make it with `caphuman preprocess --images DIR --out {data.root}`.")
-    common = dict(image_size=data.image_size, clip_image_processor=image_processor, seed=config.training.seed)
+    common = dict(image_size=data.image_size, clip_image_processor=feature_extractor, seed=config.training.seed)
     train = CapHumanDataset(data.root, dropout=data.dropout, shuffle=data.shuffle, repeat=True, **common)
     validation = CapHumanDataset(data.root, dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False, repeat=False, **common)
     # Read in this process only: the grid's references are the same on every rank.
@@ -220,7 +220,7 @@ def _train(
     model_config = CapHumanConfig(model=config.model, identity=config.identity, head=config.head, sampling=config.sampling)
     backbone = backbone if backbone is not None else load_backbone(model_config, training.weights_dir)
     adapter = load_adapter(model_config, backbone, training.weights_dir)
-    train_dataset, collate_fn, validation_batch = datasets if datasets is not None else default_datasets(config, backbone.image_processor)
+    train_dataset, collate_fn, validation_batch = datasets if datasets is not None else default_datasets(config, backbone.feature_extractor)
     batches = ResumableBatches(train_dataset, collate_fn, training.data.batch_size, training.data.num_workers)
     module = CapHumanTrainingModule(config, backbone, adapter, batches)
 

@@ -76,13 +76,13 @@ class IdentityInputs:
 
 
 def prepare_identity_inputs(
-    references: list[ReferenceFace], recognizer: FaceRecognizer, image_processor: CLIPImageProcessor
+    references: list[ReferenceFace], recognizer: FaceRecognizer, feature_extractor: CLIPImageProcessor
 ) -> IdentityInputs:
     """Run the recogniser and CLIP preprocessing on R reference faces of ONE identity (B = 1)."""
     if not references:
         raise ValueError("At least one reference face is needed.")
     face_embeds = recognizer.embed([reference.recognizer_crop for reference in references]).float()
-    pixels = image_processor(images=[reference.clip_crop for reference in references], return_tensors="pt").pixel_values
+    pixels = feature_extractor(images=[reference.clip_crop for reference in references], return_tensors="pt").pixel_values
     return IdentityInputs(face_embeds=face_embeds[None], clip_pixel_values=pixels[None])
 
 

@@ -22,17 +22,20 @@ from caphuman.head.params import HeadParams
 
 @dataclass
 class PersonCondition:
-    """One person: who (reference faces OR precomputed identity inputs) and where/how (hint).
+    """One person: who (reference faces, precomputed identity inputs OR precomputed identity
+    tokens) and where/how (hint).
 
     Attributes:
         hint: (9, H, W), (1, 9, H, W) or (B, 9, H, W) head condition on the full image canvas.
         references: reference faces of this person (one or several photos), or
-        identity: precomputed :class:`IdentityInputs` for this person.
+        identity: precomputed :class:`IdentityInputs` for this person, or
+        identity_embeds: precomputed (1 or B, T, D) identity tokens (CapHumanPipeline.encode_identity).
     """
 
     hint: torch.Tensor
     references: list[ReferenceFace] | None = None
     identity: IdentityInputs | None = None
+    identity_embeds: torch.Tensor | None = None
 
 
 def arrange_in_row(heads: list[HeadParams], margin: float = 0.1) -> list[HeadParams]:

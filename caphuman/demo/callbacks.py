@@ -433,8 +433,11 @@ class DemoBackend:
         # The denoising loop is nearly all the time: move the page's bar with each step.
         step_progress = None
         if progress:
-            step_progress = lambda index, _t, _l: progress(0.1 + 0.9 * (index + 1) / settings.steps, f"Step {index + 1}/{settings.steps}")  # noqa: E731
-        output = self._run(session, settings.prompt, references, hints, settings, callback=step_progress, **body)
+
+            def step_progress(_pipe, index: int, _timestep, _tensors: dict) -> None:  # diffusers' callback_on_step_end
+                progress(0.1 + 0.9 * (index + 1) / settings.steps, f"Step {index + 1}/{settings.steps}")
+
+        output = self._run(session, settings.prompt, references, hints, settings, callback_on_step_end=step_progress, **body)
 
         folder = self._request_dir("images")
         config = dataclasses.replace(

@@ -19,7 +19,7 @@ class Backbone:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     image_encoder: CLIPVisionModel
-    image_processor: CLIPImageProcessor
+    feature_extractor: CLIPImageProcessor  # CLIP's preprocessing of the reference face (diffusers' name)
     scheduler_config: dict[str, Any]
 
     def modules(self) -> dict[str, torch.nn.Module]:

@@ -114,7 +114,7 @@ def tiny_backbone(config: TinyModelConfig | None = None) -> Backbone:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
-        image_processor=clip_image_processor(config.vision_image_size),
+        feature_extractor=clip_image_processor(config.vision_image_size),
         scheduler_config=dict(SD15_SCHEDULE),
     ).freeze()
 
@@ -138,6 +138,6 @@ def random_sd15_backbone(seed: int = 0, with_clip_vision: bool = True) -> Backbo
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
-        image_processor=clip_image_processor(CLIP_VIT_L14_VISION["image_size"]),
+        feature_extractor=clip_image_processor(CLIP_VIT_L14_VISION["image_size"]),
         scheduler_config=dict(SD15_SCHEDULE),
     ).freeze()

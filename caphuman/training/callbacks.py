@@ -17,6 +17,7 @@ from PIL import Image
 
 from caphuman.conditions.hint_layout import SHADED_CHANNELS
 from caphuman.conditions.identity import IdentityInputs
+from caphuman.config import SamplingConfig
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.outputs import save_image_atomically
 from caphuman.training.config import TrainConfig
@@ -131,7 +132,7 @@ class ValidationSamplesCallback(pl.Callback):
             capface=pl_module.adapter.capface,
             identity_encoder=pl_module.adapter.identity_encoder,
             image_encoder=pl_module.image_encoder,
-            image_processor=pl_module.image_processor,
+            feature_extractor=pl_module.feature_extractor,
             scheduler=make_scheduler(self.config.sampling.scheduler, pl_module.scheduler_config),
         )
         pipe.set_progress_bar_config(disable=True)
@@ -152,6 +153,8 @@ class ValidationSamplesCallback(pl.Callback):
             if precision != "32-true" and device.type == "cuda"
             else contextlib.nullcontext()
         )
+        # The published sampler settings except the validation section's steps and guidance.
+        sampling = SamplingConfig(num_inference_steps=validation.num_inference_steps, guidance_scale=validation.guidance_scale)
         was_training = pl_module.adapter.training
         pl_module.adapter.eval()
         try:
@@ -159,13 +162,8 @@ class ValidationSamplesCallback(pl.Callback):
                 for prompt in validation.prompts:
                     generator = torch.Generator(device="cpu").manual_seed(validation.seed)
                     images = pipe(
-                        [prompt] * hint.shape[0],
-                        hint,
-                        identity=identity,
-                        num_inference_steps=validation.num_inference_steps,
-                        guidance_scale=validation.guidance_scale,
-                        generator=generator,
-                        output_type="pt",
+                        [prompt] * hint.shape[0], hint, identity=identity, generator=generator, output_type="pt",
+                        **sampling.pipeline_kwargs(),
                     ).images
                     rows.append(images.float())
         finally:

@@ -219,7 +219,7 @@ class CapHumanTrainingModule(pl.LightningModule):
         self.text_encoder = backbone.text_encoder
         self.image_encoder = backbone.image_encoder
         self.tokenizer = backbone.tokenizer
-        self.image_processor = backbone.image_processor
+        self.feature_extractor = backbone.feature_extractor
         self.scheduler_config = dict(backbone.scheduler_config)
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
         self.adapter = adapter

@@ -230,7 +230,7 @@ def load_sd15_backbone(model: ModelConfig, weights_dir: str | Path, architecture
     clip_path = weights_path(weights_dir, model.clip_vision)
     if not sd_path.exists():
         raise missing_weights(SD_ENTRY, "Stable Diffusion 1.5 checkpoint", sd_path)
-    image_encoder, image_processor = load_clip_vision(clip_path)
+    image_encoder, feature_extractor = load_clip_vision(clip_path)
 
     if sd_path.is_dir():
         unet, vae, text_encoder, tokenizer, scheduler_config = load_diffusers_folder(sd_path)
@@ -249,6 +249,6 @@ def load_sd15_backbone(model: ModelConfig, weights_dir: str | Path, architecture
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
-        image_processor=image_processor,
+        feature_extractor=feature_extractor,
         scheduler_config=scheduler_config,
     ).freeze()
