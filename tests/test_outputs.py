@@ -66,7 +66,7 @@ def sample(face: Path, out: Path, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def original_checkpoint(tmp_path_factory, tiny_backbone):
-    """A tiny checkpoint in the original release's key layout (as test_convert.py builds it) and
+    """A tiny checkpoint in the original release's key layout (as tests/weights/test_original_checkpoint.py builds it) and
     its CapFace config (the CLI assumes SD 1.5 sizes; the library takes the tiny config)."""
     from caphuman.weights.original_checkpoint import export_original
     from caphuman.models.adapter import CapHumanAdapter
@@ -155,7 +155,7 @@ def test_second_preprocess_writer_is_refused_and_the_live_temp_shard_kept(tmp_pa
 
 def test_rerun_drops_index_lines_whose_records_are_not_in_their_shard(tmp_path):
     """What two unlocked writers left behind: the index names a record its shard lacks."""
-    from test_training import synthetic_record
+    from tests.training.test_training import synthetic_record
 
     root = tmp_path / "data"
     writer = ShardWriter(root, shard_size=2)
@@ -174,7 +174,7 @@ def test_rerun_drops_index_lines_whose_records_are_not_in_their_shard(tmp_path):
 
 
 def test_train_into_a_finished_run_needs_resume(tmp_path, caplog):
-    from test_training import synthetic_record
+    from tests.training.test_training import synthetic_record
 
     dataset = tmp_path / "data"
     writer = ShardWriter(dataset, shard_size=4)

@@ -146,7 +146,7 @@ def test_every_frame_shares_the_seed(tiny_pipeline):
             assert num_images == 1
             return tiny_pipeline(prompt, hint, identity=identity_inputs(), num_inference_steps=2, generator=torch.Generator().manual_seed(seed))
 
-    from tests.test_people import head_params
+    from tests.conditions.test_people import head_params
 
     session = FixedHintSession()
     frames = render_sweep(session, "a photo", [], head_params(), [-20.0, 20.0], seed=5)

@@ -22,7 +22,7 @@ from caphuman.eval.identity_similarity import cosine_similarity, resolve_identit
 from caphuman.head.params import HeadParams, set_pose
 
 # Render -> mediapipe -> fit round trips of the built-in prior are within ~6 degrees per axis up
-# to |yaw| 45 (tests/test_head_prior.py); the geodesic error combines the three axes.
+# to |yaw| 45 (tests/head/test_prior.py); the geodesic error combines the three axes.
 ROUND_TRIP_DEG = 10.0
 MIRROR_YAW_DEG = 7.0
 

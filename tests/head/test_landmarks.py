@@ -17,7 +17,7 @@ from caphuman.head.deca.deca_prior import DecaHeadPrior
 from caphuman.head.deca.flame_landmarks import load_flame_landmarks
 from caphuman.head.landmarks import project, to_image_fraction
 from caphuman.head.params import HeadParams
-from tests.test_deca import assets_dir  # noqa: F401  (module fixture: a tiny FLAME + DECA folder)
+from tests.head.test_deca import assets_dir  # noqa: F401  (module fixture: a tiny FLAME + DECA folder)
 
 
 def deca_params(yaw: float = 25.0, pitch: float = -10.0, roll: float = 5.0) -> HeadParams:

@@ -14,7 +14,7 @@ from caphuman.cli import main
 from caphuman.config import load_config
 from caphuman.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 

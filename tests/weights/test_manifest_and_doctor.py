@@ -13,7 +13,7 @@ import yaml
 from caphuman.weights.checks import STATUS_MALFORMED, STATUS_MISSING, STATUS_PRESENT, check_entry
 from caphuman.weights.registry import DEFAULT_MANIFEST, load_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_cli(monkeypatch, module: str, argv: list[str]) -> int:

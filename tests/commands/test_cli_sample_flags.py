@@ -13,7 +13,7 @@ from skimage import data
 from caphuman.cli import main
 from caphuman.commands.sample import add_arguments, config_from_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -28,7 +28,7 @@ from caphuman.cli import main
 from caphuman.data.shards import read_index
 from caphuman.models.adapter import CapHumanAdapter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = REPO / "configs" / "tiny_train.yaml"
 IMAGE_SIZE = 64
 BATCH_SIZE = 4

@@ -22,7 +22,7 @@ from caphuman.data.records import RECORD_SUFFIXES, FaceRecord, head_params_from_
 from caphuman.data.shards import INDEX_FILE, ShardReader, ShardWriter, read_index
 from caphuman.head.params import HeadParams
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
 IMAGE_SIZE = 128
 FACE_PHOTOS = ("astronaut.png", "crop.jpg", "flip.jpg", "grace.jpg", "sub/rotated.jpg")

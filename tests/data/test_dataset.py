@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic import empty_head_params
+from tests.synthetic import empty_head_params
 import torch
 from torch.utils.data import DataLoader
 

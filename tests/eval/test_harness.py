@@ -26,7 +26,7 @@ from caphuman.eval.methods import METHODS, register_method
 from caphuman.eval.report import PAPER_ROW_LABEL, TABLE_COLUMNS
 from caphuman.eval.scoring import SCORE_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 SMOKE = str(ROOT / "configs" / "benchmarks" / "smoke.yaml")
 BUILTIN_METHODS = ("caphuman", "text-only", "caphuman-no-head")

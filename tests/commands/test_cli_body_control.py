@@ -17,7 +17,7 @@ from skimage import data
 from caphuman.cli import main
 from caphuman.models.body_controlnet import original_controlnet_state_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

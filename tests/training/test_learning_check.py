@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_check.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "learning_check.py"
 
 
 def _load_script():

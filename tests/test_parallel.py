@@ -89,7 +89,7 @@ def test_batched_generation_matches_one_image_per_call(identities, tmp_path) -> 
         b = np.asarray(Image.open(batched / name), dtype=np.int16)
         # Same seed, prompt and hint per image; a batched matmul may round one level differently.
         assert np.abs(a - b).max() <= 1, name
-    # Seeds give different images (the tiny model barely reacts to prompts; tests/test_sampler_speed.py
+    # Seeds give different images (the tiny model barely reacts to prompts; tests/test_acceleration.py
     # checks prompts and hints in a batch to float tolerance).
     assert len(set(reference.values())) >= 4
     assert main(eval_args(identities, batched, "--method", "caphuman", "--generate-only", "--batch-size", "0")) == 2

@@ -211,7 +211,7 @@ def test_second_controlnet_strength_from_the_page(tmp_path, photos, tiny_backbon
     drawn from the photo, and changes the image; without it, asking for it is one sentence."""
     from diffusers import ControlNetModel
 
-    from tests.test_body_control import random_openpose_controlnet
+    from tests.models.test_body_controlnet import random_openpose_controlnet
 
     random_openpose_controlnet(tiny_backbone.unet).save_pretrained(tmp_path / "openpose")
     config = yaml.safe_load(Path("configs/tiny.yaml").read_text())

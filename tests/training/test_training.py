@@ -4,7 +4,7 @@ backbone, export -> sampling, and the datasets the batch stream accepts.
 Data is a small dataset in the real format (caphuman.data: tar shards + index) written directly
 with ShardWriter from synthetic arrays (smooth images, a disc-shaped face mask and hint), so the
 tests read it through the real CapHumanDataset without running the face models.
-tests/test_train_end_to_end.py covers the path from real photos through `caphuman preprocess`.
+tests/training/test_train_end_to_end.py covers the path from real photos through `caphuman preprocess`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-from synthetic import empty_head_params
+from tests.synthetic import empty_head_params
 import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
@@ -331,7 +331,7 @@ def test_two_ddp_processes_with_batch_b_train_what_one_process_with_batch_2b_doe
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "caphuman.cli", "train",
         "--config", "configs/tiny_train.yaml", *[f"{key}={value}" for key, value in overrides.items()],
     ]
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -15,7 +15,7 @@ from caphuman.pipeline import CapHumanPipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")

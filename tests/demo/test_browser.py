@@ -73,7 +73,7 @@ def server(tmp_path_factory):
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
