@@ -99,12 +99,11 @@ def check_body_inputs(args: argparse.Namespace, config) -> np.ndarray | None:
         )
     if strength > 0:
         from caphuman.weights.registry import weights_path
-        from caphuman.models.body_controlnet import BODY_CONTROLNET_SOURCE
-        from caphuman.errors import MissingWeightsError
+        from caphuman.models.body_controlnet import missing_body_controlnet
 
         path = weights_path(getattr(args, "weights", "checkpoints"), config.model.body_controlnet)
         if not path.exists():
-            raise MissingWeightsError("OpenPose ControlNet", str(path), BODY_CONTROLNET_SOURCE)
+            raise missing_body_controlnet(path)
     if getattr(args, "body_map", None) and strength == 0:
         logger.warning("--body-map is ignored at --body-control-strength 0 (the OpenPose ControlNet is off).")
     if getattr(args, "body_map", None) and strength > 0:
