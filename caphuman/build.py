@@ -23,7 +23,7 @@ from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.backbone import Backbone
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
-from caphuman.weights.registry import default_location, weights_path
+from caphuman.weights.registry import default_location, weights_entry, weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,8 @@ def load_adapter(config: CapHumanConfig, backbone: Backbone, weights_dir: str | 
         path = weights_path(weights_dir, config.model.caphuman)
         if not path.exists():
             # The command that makes it, with this very path (the manifest's source names the default one).
-            raise MissingWeightsError(
-                "CapHuman weights", str(path), "`caphuman convert --from caphuman.ckpt --out " + str(path) + "` (see checkpoints/README.md)"
-            )
+            original = weights_entry("caphuman_original").path
+            raise MissingWeightsError("CapHuman weights", str(path), f"`caphuman convert --from {original} --out {path}` (see checkpoints/README.md)")
         adapter = CapHumanAdapter.from_pretrained(path)
     adapter.check_compatible(backbone.unet, clip_dim, config.model.face_embedding_dim)
     return adapter

@@ -24,6 +24,7 @@ from caphuman.checks import check_choice, check_finite, check_positive, check_ra
 from caphuman.errors import ConfigError
 from caphuman.outputs import write_text_atomically
 from caphuman.schedulers import SCHEDULERS
+from caphuman.weights.registry import weights_entry
 
 logger = logging.getLogger(__name__)
 
@@ -91,19 +92,20 @@ class ModelConfig:
     """Which components make up the model, and where their weights are.
 
     File paths are relative to the weights directory (``--weights``, default ``checkpoints/``)
-    unless absolute. See checkpoints/README.md for every file.
+    unless absolute; their defaults are the manifest's paths (checkpoints/manifest.yaml, the
+    entries whose config_key names the field). See checkpoints/README.md for every file.
     """
 
     backbone: str = "sd15"
     # SD 1.5 (or a fine-tune): a diffusers folder or a single .safetensors/.ckpt file.
-    stable_diffusion: str = "Realistic_Vision_V3.0.ckpt"
+    stable_diffusion: str = field(default_factory=lambda: weights_entry("stable_diffusion").path)
     # Optional separate VAE (single file or diffusers folder); null keeps the checkpoint's own.
-    vae: Optional[str] = "vae-ft-mse-840000-ema-pruned.ckpt"
+    vae: Optional[str] = field(default_factory=lambda: weights_entry("vae").path)
     # CLIP ViT-L/14 vision tower (a transformers folder) for the local identity features.
-    clip_vision: str = "clip-vit-large-patch14"
+    clip_vision: str = field(default_factory=lambda: weights_entry("clip_vision").path)
     # Trained CapHuman parts (CapFace + projections) as written by `caphuman convert` or training;
     # null starts CapFace fresh from the UNet (zero convolutions: the model then equals SD).
-    caphuman: Optional[str] = "caphuman"
+    caphuman: Optional[str] = field(default_factory=lambda: weights_entry("caphuman").path)
     # The official second ControlNet (OpenPose, control_v11p_sd15_openpose.pth or a diffusers
     # folder); null: none. Used only when sampling.body_control_strength > 0.
     body_controlnet: Optional[str] = None

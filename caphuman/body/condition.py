@@ -22,6 +22,7 @@ from caphuman.body.keypoints import BodyKeypoints, body_keypoints
 from caphuman.body.openpose_map import draw_openpose_map, parse_body_modes
 from caphuman.config import DEFAULT_BODY_MODES
 from caphuman.errors import CapHumanError
+from caphuman.weights.registry import weights_entry, weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,14 @@ def check_body_inputs(args: argparse.Namespace, config) -> np.ndarray | None:
     if strength > 0 and config.model.body_controlnet is None:
         raise CapHumanError(
             "--body-control-strength > 0 needs the OpenPose ControlNet: set model.body_controlnet or pass --body-controlnet "
-            "(`caphuman download body_controlnet` fetches control_v11p_sd15_openpose.pth)."
+            f"(`caphuman download body_controlnet` fetches {weights_entry('body_controlnet').path})."
         )
     if strength > 0:
-        from caphuman.weights.registry import weights_path
-        from caphuman.models.body_controlnet import BODY_CONTROLNET_SOURCE
-        from caphuman.errors import MissingWeightsError
+        from caphuman.models.body_controlnet import missing_body_controlnet
 
         path = weights_path(getattr(args, "weights", "checkpoints"), config.model.body_controlnet)
         if not path.exists():
-            raise MissingWeightsError("OpenPose ControlNet", str(path), BODY_CONTROLNET_SOURCE)
+            raise missing_body_controlnet(path)
     if getattr(args, "body_map", None) and strength == 0:
         logger.warning("--body-map is ignored at --body-control-strength 0 (the OpenPose ControlNet is off).")
     if getattr(args, "body_map", None) and strength > 0:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman.weights.registry import weights_entry
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,11 +61,12 @@ class ClipScorer:
         folder = Path(folder)
         config_path = folder / "config.json"
         if not config_path.is_file():
-            return ClipAvailability(None, f"CLIP-T and prompt accuracy skipped: no CLIP model at {folder} (openai/clip-vit-large-patch14).")
+            return ClipAvailability(None, f"CLIP-T and prompt accuracy skipped: no CLIP model at {folder} ({weights_entry('clip_vision').hf_repo}).")
         config = json.loads(config_path.read_text(encoding="utf-8"))
         if config.get("model_type") != "clip" or "text_config" not in config:
             return ClipAvailability(
-                None, f"CLIP-T and prompt accuracy skipped: {folder} holds a vision-only model; scoring text needs the full openai/clip-vit-large-patch14."
+                None,
+                f"CLIP-T and prompt accuracy skipped: {folder} holds a vision-only model; scoring text needs the full {weights_entry('clip_vision').hf_repo}.",
             )
         from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 

@@ -28,15 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from caphuman.errors import CapHumanError, MissingWeightsError
+from caphuman.errors import CapHumanError
 from caphuman.faces.recognizer import FaceRecognizer
+from caphuman.weights.registry import missing_weights
 
 logger = logging.getLogger(__name__)
 
-ARCFACE_SOURCE = (
-    "the insightface model zoo, https://github.com/deepinsight/insightface/tree/master/model_zoo "
-    "(antelopev2 pack: glintr100.onnx, or buffalo_l pack: w600k_r50.onnx)"
-)
 _ARCFACE_DEFAULT_SIZE = 112
 
 
@@ -122,7 +119,7 @@ class ArcFaceOnnxRecognizer(FaceRecognizer):
 
         path = Path(path)
         if not path.is_file():
-            raise MissingWeightsError(what="ArcFace ONNX model", path=str(path), source=ARCFACE_SOURCE)
+            raise missing_weights("arcface", "ArcFace ONNX model", path)
         try:
             session = onnxruntime.InferenceSession(str(path), providers=_onnx_providers(device))
             normalisation = detect_pixel_normalisation(path)

@@ -29,13 +29,10 @@ from PIL import Image
 from torch import nn
 
 from caphuman.weights.files import read_state_dict, without_data_parallel_prefix
+from caphuman.weights.registry import weights_entry
 from caphuman.weights.strict import is_batchnorm_counter, load_checked
 
 logger = logging.getLogger(__name__)
-
-BISENET_WEIGHTS_SOURCE = (
-    "https://github.com/zllrunning/face-parsing.PyTorch (79999_iter.pth, linked from its README)"
-)
 
 # Label index -> CelebAMask-HQ part, in the order zllrunning's preprocessing assigns them.
 CELEBAMASK_HQ_CLASSES: tuple[str, ...] = (
@@ -216,7 +213,7 @@ class FaceParser:
             CapHumanError: the file is unreadable or its names/shapes are not this BiSeNet's.
         """
         what = "BiSeNet face-parsing weights"
-        state_dict = without_data_parallel_prefix(read_state_dict(path, what=what, source=BISENET_WEIGHTS_SOURCE))
+        state_dict = without_data_parallel_prefix(read_state_dict(path, what=what, source=weights_entry("face_parsing").source))
         model = load_checked(BiSeNet(), state_dict, path, what, may_lack=is_batchnorm_counter)
         logger.info("Loaded BiSeNet face-parsing weights from %s", path)
         return cls(model, device=device)

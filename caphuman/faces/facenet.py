@@ -29,13 +29,11 @@ from torch import nn
 
 from caphuman.faces.recognizer import FaceRecognizer
 from caphuman.weights.files import read_state_dict, without_data_parallel_prefix
+from caphuman.weights.registry import weights_entry
 from caphuman.weights.strict import is_batchnorm_counter, load_checked
 
 logger = logging.getLogger(__name__)
 
-FACENET_WEIGHTS_SOURCE = (
-    "https://github.com/timesler/facenet-pytorch/releases (20180402-114759-vggface2.pt)"
-)
 VGGFACE2_NUM_IDENTITIES = 8631
 FACENET_EMBEDDING_DIM = 512
 FACENET_INPUT_SIZE = 160
@@ -89,7 +87,7 @@ class FaceNetRecognizer(FaceRecognizer):
             CapHumanError: the file is unreadable or its names/shapes are not FaceNet's.
         """
         what = "FaceNet VGGFace2 weights"
-        state_dict = without_data_parallel_prefix(read_state_dict(path, what=what, source=FACENET_WEIGHTS_SOURCE))
+        state_dict = without_data_parallel_prefix(read_state_dict(path, what=what, source=weights_entry("facenet").source))
         embedding_state = {key: value for key, value in state_dict.items() if not key.startswith("logits.")}
         model = load_checked(facenet_architecture(), embedding_state, path, what, may_lack=is_batchnorm_counter)
         logger.info("Loaded FaceNet weights from %s", path)

@@ -26,6 +26,7 @@ from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.models.capface import CapFaceModel
 from caphuman.models.identity_encoder import IdentityEncoder
 from caphuman.outputs import file_mode, folder_mode
+from caphuman.weights.registry import weights_entry
 
 ADAPTER_FORMAT_VERSION = 1
 METADATA_FILE = "caphuman.json"
@@ -145,7 +146,7 @@ class CapHumanAdapter(nn.Module):
             raise MissingWeightsError(
                 "CapHuman weights",
                 str(directory),
-                "`caphuman convert --from caphuman.ckpt --out " + str(directory) + "` (original checkpoint) or a training export",
+                f"`caphuman convert --from {weights_entry('caphuman_original').path} --out {directory}` (original checkpoint) or a training export",
             )
         info = json.loads(metadata_path.read_text(encoding="utf-8"))
         if info.get("format_version") != ADAPTER_FORMAT_VERSION:

@@ -27,15 +27,21 @@ from caphuman.errors import MissingWeightsError
 from caphuman.models.architectures import SD15_UNET
 from caphuman.weights.files import read_state_dict
 from caphuman.weights.ldm_layout import LDM_CONTROLNET_PREFIX, controlnet_from_ldm, ldm_controlnet_state_dict
+from caphuman.weights.registry import missing_weights, weights_entry
 from caphuman.weights.stable_diffusion import assign_checked, empty_module, from_pretrained_offline
 
 logger = logging.getLogger(__name__)
 
 OPENPOSE_HINT_CHANNELS = 3
-BODY_CONTROLNET_SOURCE = (
-    "https://huggingface.co/lllyasviel/ControlNet-v1-1 (control_v11p_sd15_openpose.pth) or the diffusers folder "
-    "https://huggingface.co/lllyasviel/control_v11p_sd15_openpose (`caphuman download body_controlnet`)"
-)
+
+
+def missing_body_controlnet(path: str | Path) -> MissingWeightsError:
+    """The error for a missing OpenPose ControlNet at ``path``: where to get the single file and,
+    as the alternative, the diffusers folder (both manifest entries)."""
+    folder = weights_entry("body_controlnet_diffusers")
+    return missing_weights(
+        "body_controlnet", "OpenPose ControlNet", path, hint=f" or the diffusers folder {folder.source} (`caphuman download body_controlnet`)"
+    )
 
 
 def controlnet_config_from_unet(unet_config: Mapping[str, Any] | None = None, conditioning_channels: int = OPENPOSE_HINT_CHANNELS) -> dict[str, Any]:
@@ -69,7 +75,7 @@ def load_body_controlnet(
     """
     path = Path(path)
     if not path.exists():
-        raise MissingWeightsError("OpenPose ControlNet", str(path), BODY_CONTROLNET_SOURCE)
+        raise missing_body_controlnet(path)
     if path.is_dir():
         controlnet = from_pretrained_offline(ControlNetModel, path, "OpenPose ControlNet", torch_dtype=dtype)
         return controlnet.eval()
@@ -84,8 +90,8 @@ def load_body_controlnet(
 
 
 __all__ = [
-    "BODY_CONTROLNET_SOURCE",
     "controlnet_config_from_unet",
     "load_body_controlnet",
+    "missing_body_controlnet",
     "original_controlnet_state_dict",
 ]

@@ -19,14 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from caphuman.config import CapHumanConfig, save_config
 from caphuman.errors import CapHumanError
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.capface import CapFaceModel
 from caphuman.models.identity_encoder import IdentityEncoder
 from caphuman.training.config import TrainConfig
+from caphuman.weights.files import UnreadableTorchFileError, read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +63,14 @@ def adapter_from_checkpoint(checkpoint_path: str | os.PathLike, use_ema: bool | 
     if not path.is_file():
         raise CapHumanError(f"Checkpoint '{path}' does not exist.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # weights_only refused an object that is not plain data: never unpickle it.
-        raise CapHumanError(f"'{path}' holds objects that are not plain tensors; it is not a checkpoint written by `caphuman train`.") from None
-    except (RuntimeError, EOFError, OSError) as error:
+        checkpoint = read_torch_file(path)
+    except UnreadableTorchFileError as error:
+        if isinstance(error.cause, pickle.UnpicklingError):
+            # weights_only refused an object that is not plain data: never unpickle it.
+            raise CapHumanError(f"'{path}' holds objects that are not plain tensors; it is not a checkpoint written by `caphuman train`.") from None
         # A truncated or damaged file (torch's zip reader raises RuntimeError).
-        raise CapHumanError(f"Cannot read checkpoint '{path}' ({str(error).splitlines()[0]}); it is damaged or truncated.") from None
+        reason = (str(error.cause).splitlines() or [type(error.cause).__name__])[0]
+        raise CapHumanError(f"Cannot read checkpoint '{path}' ({reason}); it is damaged or truncated.") from None
     if CHECKPOINT_ADAPTER_CONFIG_KEY not in checkpoint:
         raise CapHumanError(f"'{path}' is not a checkpoint written by `caphuman train` (no adapter config in it).")
     configs = checkpoint[CHECKPOINT_ADAPTER_CONFIG_KEY]

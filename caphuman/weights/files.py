@@ -129,12 +129,22 @@ def conversion_hint(path: Path) -> str:
     )
 
 
+class UnreadableTorchFileError(CapHumanError):
+    """:func:`read_torch_file` could not read a file; ``cause`` is torch's own exception (a
+    ``pickle.UnpicklingError`` when the file's objects are not plain data), for callers that
+    word the problem for their own kind of file."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.cause = cause
+
+
 def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, memory-mapped when the format allows.
 
     Raises:
-        CapHumanError: unreadable/truncated file, or a pickle that weights_only refuses (the
-            message says how to convert it).
+        UnreadableTorchFileError: unreadable/truncated file, or a pickle that weights_only
+            refuses (the message says how to convert it).
     """
     path = Path(path)
     try:
@@ -151,15 +161,16 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         if "weights_only" in text or "Weights only" in text or "Unsupported global" in text:
             # torch names the refused class on a line "WeightsUnpickler error: Unsupported global: ..."
             refused = next((line.split("error:", 1)[-1].strip() for line in text.splitlines() if "Unsupported global" in line), first_line)
-            raise CapHumanError(
+            raise UnreadableTorchFileError(
                 f"'{path}' contains Python objects that torch.load(weights_only=True) refuses ({refused.split('. ')[0]}); "
                 + conversion_hint(path)
-                + "."
+                + ".",
+                error,
             ) from None
-        raise CapHumanError(f"'{path}' is not a readable torch checkpoint ({first_line}).") from None
+        raise UnreadableTorchFileError(f"'{path}' is not a readable torch checkpoint ({first_line}).", error) from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError) as error:
         reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
-        raise CapHumanError(f"'{path}' is not a readable torch checkpoint (truncated or damaged: {reason}).") from None
+        raise UnreadableTorchFileError(f"'{path}' is not a readable torch checkpoint (truncated or damaged: {reason}).", error) from None
 
 
 def unwrap_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,10 +27,11 @@ from caphuman.head.deca.crop import WORKING_SIZE, CropWindow, camera_from_deca, 
 from caphuman.head.deca.encoder import DecaCode, load_deca_encoder
 from caphuman.head.deca.files import DecaAssetPaths, FlameTexture, load_flame_model, load_flame_texture
 from caphuman.head.deca.flame import FlameLayer
-from caphuman.head.deca.flame_landmarks import FLAME_LANDMARK_FILE, flame_landmarks68, load_flame_landmarks
+from caphuman.head.deca.flame_landmarks import flame_landmarks68, load_flame_landmarks
 from caphuman.head.params import HeadParams
 from caphuman.head.prior import HeadMesh, HeadPrior, UVTexture
 from caphuman.head.rotations import axis_angle_to_matrix, matrix_to_yaw_pitch_roll, yaw_pitch_roll_to_matrix
+from caphuman.weights.registry import weights_entry
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +129,11 @@ class DecaHeadPrior(HeadPrior):
         self.uvs = torch.from_numpy(texture.uvs).to(self.device)
         self.uv_faces = torch.from_numpy(texture.uv_faces).to(self.device)
         del texture  # drop the full-resolution basis (about 160 MB at 512 px) now
-        self.landmark_embedding = self._load_landmarks(weights_dir)
+        # DECA's landmark_embedding.npy is optional: only the OpenPose map's face dots need it.
+        self.landmark_embedding = (
+            load_flame_landmarks(paths.landmark_embedding).to(self.device) if paths.landmark_embedding is not None else None
+        )
         logger.info("DECA head prior loaded from %s (FLAME: %d vertices).", paths.deca_model.parent, self.flame.num_vertices)
-
-    def _load_landmarks(self, weights_dir):
-        """DECA's landmark_embedding.npy (optional: only the OpenPose map's face dots need it)."""
-        for folder in (Path(weights_dir) / "deca", Path(weights_dir)):
-            if (folder / FLAME_LANDMARK_FILE).is_file():
-                return load_flame_landmarks(folder / FLAME_LANDMARK_FILE).to(self.device)
-        return None
 
     def landmarks68(self, params: HeadParams) -> torch.Tensor:
         """(B, 68, 2) DECA's ``landmarks2d`` in normalised camera coordinates (x right, y up): on the
@@ -145,7 +141,7 @@ class DecaHeadPrior(HeadPrior):
         point of the camera-mapped mesh is the camera-mapped point)."""
         if self.landmark_embedding is None:
             raise NotImplementedError(
-                "The 'deca' head prior needs deca/landmark_embedding.npy (DECA's data/ folder) for the 68 face landmarks."
+                f"The 'deca' head prior needs {weights_entry('flame_landmarks').path} (DECA's data/ folder) for the 68 face landmarks."
             )
         vertices = self.mesh(params).vertices  # (B, V, 3)
         rotation = yaw_pitch_roll_to_matrix(params.rotation.to(vertices.device, torch.float32))

@@ -18,6 +18,8 @@ checkpoints/manifest.yaml puts them (``<weights>/deca/``) first and then directl
 - ``head_template.obj`` (optional): DECA's FLAME template with UVs. DECA's renderer takes its
   texture coordinates from this file, so when present its ``vt`` and per-face texture indices
   are used; otherwise FLAME_texture.npz's ``vt``/``ft`` (the same FLAME UV layout).
+- ``landmark_embedding.npy`` (optional): DECA's 68 face landmarks on FLAME, read by
+  :func:`caphuman.head.deca.flame_landmarks.load_flame_landmarks`.
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ _CONVERT_HINT = (
 
 @dataclass
 class DecaAssetPaths:
-    """Where each DECA/FLAME file is; ``head_template`` is None when absent (it is optional)."""
+    """Where each DECA/FLAME file is; ``head_template`` and ``landmark_embedding`` are None when
+    absent (they are optional)."""
 
     deca_model: Path
     flame_model: Path
     flame_texture: Path
     head_template: Path | None
+    landmark_embedding: Path | None = None
 
     @classmethod
     def locate(cls, weights_dir: str | os.PathLike) -> "DecaAssetPaths":
@@ -70,8 +74,11 @@ class DecaAssetPaths:
             if not path.is_file():
                 raise missing_weights(name, what, path)
             found[name] = path
-        head_template = find_entry_file(weights_entry("head_template"), weights_dir)
-        return cls(**found, head_template=head_template if head_template.is_file() else None)
+        optional = {
+            field_name: find_entry_file(weights_entry(name), weights_dir)
+            for field_name, name in (("head_template", "head_template"), ("landmark_embedding", "flame_landmarks"))
+        }
+        return cls(**found, **{field_name: path if path.is_file() else None for field_name, path in optional.items()})
 
 
 # ---------------------------------------------------------------------------------------------

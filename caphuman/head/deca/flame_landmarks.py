@@ -21,7 +21,6 @@ from caphuman.errors import CapHumanError
 from caphuman.head.deca.files import RestrictedFlameUnpickler
 from caphuman.head.landmarks import NUM_FACE_LANDMARKS
 
-FLAME_LANDMARK_FILE = "landmark_embedding.npy"
 NUM_CONTOUR_LANDMARKS = 17
 # DECA's contour table has a row per whole degree of yaw: 0..39 for one side, 40..78 for the other.
 MAX_CONTOUR_DEGREES = 39
@@ -130,7 +129,6 @@ def flame_landmarks68(vertices: torch.Tensor, faces: torch.Tensor, landmarks: Fl
 
 
 __all__ = [
-    "FLAME_LANDMARK_FILE",
     "FlameLandmarks",
     "contour_row",
     "flame_landmarks68",
