@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 
 from caphuman.conditions.identity import IdentityInputs
 from caphuman.models.adapter import CapHumanAdapter
-from caphuman.models.tiny import random_sd15_backbone
 from caphuman.models.body_controlnet import load_body_controlnet, original_controlnet_state_dict
+from caphuman.models.tiny import random_sd15_backbone
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
 
@@ -47,7 +47,7 @@ def seconds_per_step(call, device: torch.device, repeats: int) -> float:
     for _ in range(repeats):
         stamps.clear()
         call(stamp)
-        gaps.extend(later - earlier for earlier, later in zip(stamps, stamps[1:]))
+        gaps.extend(later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False))
     return sorted(gaps)[len(gaps) // 2]
 
 
@@ -84,11 +84,20 @@ def main() -> None:
 
     shared = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet)
     ours = CapHumanPipeline(
-        **shared, capface=adapter.capface, identity_encoder=adapter.identity_encoder, image_encoder=backbone.image_encoder,
-        feature_extractor=backbone.feature_extractor, scheduler=make_scheduler("ddim"), body_controlnet=controlnet,
+        **shared,
+        capface=adapter.capface,
+        identity_encoder=adapter.identity_encoder,
+        image_encoder=backbone.image_encoder,
+        feature_extractor=backbone.feature_extractor,
+        scheduler=make_scheduler("ddim"),
+        body_controlnet=controlnet,
     ).to(device, dtype)
     theirs = StableDiffusionControlNetPipeline(
-        **shared, controlnet=controlnet, scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+        **shared,
+        controlnet=controlnet,
+        scheduler=make_scheduler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     ).to(device, dtype)
     for pipe in (ours, theirs):
@@ -102,16 +111,35 @@ def main() -> None:
     prompt = "a photo of a person raising a hand"
 
     def run_ours(strength: float, capface: float = 1.0, callback=None):
-        return ours(prompt, hint, identity=identity, num_inference_steps=args.steps, negative_prompt="missing fingers",
-                    capface_strength=capface, body_map=pose, body_control_strength=strength,
-                    generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=callback).images
+        return ours(
+            prompt,
+            hint,
+            identity=identity,
+            num_inference_steps=args.steps,
+            negative_prompt="missing fingers",
+            capface_strength=capface,
+            body_map=pose,
+            body_control_strength=strength,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+            callback_on_step_end=callback,
+        ).images
 
     with torch.inference_mode():
         # 1. parity
         mine = run_ours(1.0, capface=0.0)
-        reference = theirs(prompt, image=pose, height=args.size, width=args.size, num_inference_steps=args.steps,
-                           negative_prompt="missing fingers", controlnet_conditioning_scale=1.0, guidance_scale=7.0,
-                           generator=torch.Generator().manual_seed(0), output_type="latent").images
+        reference = theirs(
+            prompt,
+            image=pose,
+            height=args.size,
+            width=args.size,
+            num_inference_steps=args.steps,
+            negative_prompt="missing fingers",
+            controlnet_conditioning_scale=1.0,
+            guidance_scale=7.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        ).images
         parity = (mine.float() - reference.float()).abs().max().item()
         scale = reference.float().abs().max().item()
         # 3. speed

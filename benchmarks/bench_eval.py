@@ -22,11 +22,11 @@ import skimage.data
 import torch
 from PIL import Image
 
+from caphuman.build import resolve_device
 from caphuman.config import load_config
 from caphuman.eval.benchmark import find_identities, load_benchmark
 from caphuman.eval.methods import MethodContext, get_method
 from caphuman.eval.runner import generate
-from caphuman.build import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

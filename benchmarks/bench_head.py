@@ -51,8 +51,14 @@ def main() -> None:
             ("mesh (params -> posed mesh)", median_seconds(lambda: prior.mesh(params), args.runs)),
             (f"render_hint {args.size}px", median_seconds(lambda: render_hint(prior, params, args.size, renderer), args.runs)),
         ]
-    logger.info("torch %s, %d threads, mesh %d vertices / %d triangles, %d runs", torch.__version__,
-                torch.get_num_threads(), prior.num_vertices, prior.faces.shape[0], args.runs)
+    logger.info(
+        "torch %s, %d threads, mesh %d vertices / %d triangles, %d runs",
+        torch.__version__,
+        torch.get_num_threads(),
+        prior.num_vertices,
+        prior.faces.shape[0],
+        args.runs,
+    )
     for name, seconds in rows:
         logger.info("%-40s %8.1f ms", name, 1000.0 * seconds)
 

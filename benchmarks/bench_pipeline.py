@@ -26,15 +26,13 @@ import threading
 import time
 
 import psutil
-
 import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
 from caphuman.acceleration import apply_speed_options
 from caphuman.conditions.identity import IdentityInputs
 from caphuman.models.adapter import CapHumanAdapter
-from caphuman.models.tiny import random_sd15_backbone
-from caphuman.models.tiny import tiny_backbone
+from caphuman.models.tiny import random_sd15_backbone, tiny_backbone
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
 
@@ -46,7 +44,7 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device, self.peak_mb = device, 0.0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -91,11 +89,19 @@ def build_pipelines(tiny: bool, device: torch.device, dtype: torch.dtype) -> tup
     controlnet = ControlNetModel.from_unet(backbone.unet, conditioning_channels=9)
     shared = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet)
     ours = CapHumanPipeline(
-        **shared, capface=adapter.capface, identity_encoder=adapter.identity_encoder, image_encoder=backbone.image_encoder,
-        feature_extractor=backbone.feature_extractor, scheduler=make_scheduler("ddim"),
+        **shared,
+        capface=adapter.capface,
+        identity_encoder=adapter.identity_encoder,
+        image_encoder=backbone.image_encoder,
+        feature_extractor=backbone.feature_extractor,
+        scheduler=make_scheduler("ddim"),
     ).to(device, dtype)
     theirs = StableDiffusionControlNetPipeline(
-        **shared, controlnet=controlnet, scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+        **shared,
+        controlnet=controlnet,
+        scheduler=make_scheduler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     ).to(device, dtype)
     for pipe in (ours, theirs):
@@ -132,16 +138,35 @@ def main() -> None:
         return [torch.Generator().manual_seed(seed) for seed in range(batch)]
 
     def run_ours(batch: int):
-        ours(prompt, hint, identity=identity, num_images_per_prompt=batch, num_inference_steps=args.steps,
-             guidance_scale=args.guidance_scale, generator=generators(batch), output_type="np")
+        ours(
+            prompt,
+            hint,
+            identity=identity,
+            num_images_per_prompt=batch,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=generators(batch),
+            output_type="np",
+        )
 
     def run_theirs(batch: int):
-        theirs(prompt, image=hint, height=args.size, width=args.size, num_images_per_prompt=batch, num_inference_steps=args.steps,
-               guidance_scale=args.guidance_scale, generator=generators(batch), output_type="np")
+        theirs(
+            prompt,
+            image=hint,
+            height=args.size,
+            width=args.size,
+            num_images_per_prompt=batch,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=generators(batch),
+            output_type="np",
+        )
 
-    header = (f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) dtype={args.dtype} "
-              f"size={args.size} steps={args.steps} guidance={args.guidance_scale} "
-              f"tiny={args.tiny} torch={torch.__version__} threads={torch.get_num_threads()}")
+    header = (
+        f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) dtype={args.dtype} "
+        f"size={args.size} steps={args.steps} guidance={args.guidance_scale} "
+        f"tiny={args.tiny} torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
     print(header, flush=True)
     print(f"{'pipeline':<22}{'stage':>15}{'batch':>6}{'s/call':>10}{'images/s':>10}{'peak MB':>10}", flush=True)
     results = []

@@ -43,8 +43,8 @@ def synthetic_batch(batch_size: int, image_size: int, clip_size: int, embed_dim:
 
 def measure(config, backbone, device: torch.device, steps: int, warmup: int = 2) -> tuple[float, float]:
     """(samples per second, peak memory in GiB: CUDA allocated on GPU, process max RSS on CPU)."""
-    from caphuman.config import CapHumanConfig
     from caphuman.build import load_adapter
+    from caphuman.config import CapHumanConfig
     from caphuman.training.module import CapHumanTrainingModule, step_generator
 
     adapter = load_adapter(CapHumanConfig(model=config.model), backbone, config.training.weights_dir)
@@ -56,12 +56,11 @@ def measure(config, backbone, device: torch.device, steps: int, warmup: int = 2)
     precision = config.training.precision
     autocast = (
         torch.autocast(device.type, dtype=torch.float16 if precision == "16-mixed" else torch.bfloat16)
-        if precision != "32-true" else contextlib.nullcontext()
+        if precision != "32-true"
+        else contextlib.nullcontext()
     )
     data = config.training.data
-    batch = synthetic_batch(
-        data.batch_size, data.image_size, backbone.image_encoder.config.image_size, config.model.face_embedding_dim
-    )
+    batch = synthetic_batch(data.batch_size, data.image_size, backbone.image_encoder.config.image_size, config.model.face_embedding_dim)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -101,8 +100,10 @@ def main() -> None:
 
     tiny = load_train_config("configs/tiny_train.yaml")
     rate, peak = measure(tiny, tiny_backbone(tiny.model.tiny), torch.device("cpu"), args.steps)
-    print(f"tiny (configs/tiny_train.yaml), CPU x{torch.get_num_threads()} threads, batch {tiny.training.data.batch_size}, "
-          f"64 px, fp32: {rate:.1f} samples/s, peak RSS {peak:.2f} GiB")
+    print(
+        f"tiny (configs/tiny_train.yaml), CPU x{torch.get_num_threads()} threads, batch {tiny.training.data.batch_size}, "
+        f"64 px, fp32: {rate:.1f} samples/s, peak RSS {peak:.2f} GiB"
+    )
 
     if not torch.cuda.is_available():
         print("sd15 (configs/train_sd15.yaml) batch 16 fp16: skipped, no CUDA GPU on this machine.")
@@ -123,8 +124,10 @@ def main() -> None:
         except torch.OutOfMemoryError:
             result = "out of memory"
         torch.cuda.empty_cache()
-        print(f"sd15 (configs/train_sd15.yaml) on {torch.cuda.get_device_name(device)}, batch {args.sd15_batch}, 512 px, "
-              f"{sd15.training.precision}, gradient checkpointing {'on' if gradient_checkpointing else 'off'}: {result}")
+        print(
+            f"sd15 (configs/train_sd15.yaml) on {torch.cuda.get_device_name(device)}, batch {args.sd15_batch}, 512 px, "
+            f"{sd15.training.precision}, gradient checkpointing {'on' if gradient_checkpointing else 'off'}: {result}"
+        )
 
 
 if __name__ == "__main__":

@@ -168,13 +168,13 @@ def render_set(prior, heads: list, poses: torch.Tensor, identity: torch.Tensor, 
     """Render heads[identity[i]] at poses[i] (yaw, pitch; roll 0)."""
     from caphuman.conditions.hint_layout import SHADED_CHANNELS
     from caphuman.head.hint import render_hint
-    from caphuman.head.renderer import MeshRenderer
     from caphuman.head.params import HeadParams
+    from caphuman.head.renderer import MeshRenderer
 
     renderer = MeshRenderer(image_size)
     hints, masks = [], []
     for index in range(0, len(poses), 64):
-        chunk, owners = poses[index:index + 64], identity[index:index + 64]
+        chunk, owners = poses[index : index + 64], identity[index : index + 64]
         fields = {}
         for name in ("shape", "expression", "jaw", "rotation", "camera", "albedo", "lighting"):
             fields[name] = torch.cat([getattr(heads[int(owner)], name) for owner in owners])
@@ -217,16 +217,14 @@ def identity_inputs(backbone, references: torch.Tensor, face_embedding_dim: int)
 # ------------------------------------------------------------------------------- stage 1: backbone
 
 
-
-
 def pretrain_vae(vae, images: torch.Tensor, settings: LearningCheckSettings) -> tuple[int, float]:
     """Train the AutoencoderKL on ``images`` (N, 3, S, S) in [-1, 1] for settings.vae_steps,
     then set its scaling factor to 1 / std of the latents. Returns (steps, last loss)."""
     generator = torch.Generator().manual_seed(settings.seed + 11)
     vae.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
-    step, loss_value = 0, float("nan")
-    for step in range(settings.vae_steps):
+    loss_value = float("nan")
+    for _ in range(settings.vae_steps):
         batch = images[torch.randint(len(images), (settings.batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
@@ -241,7 +239,7 @@ def pretrain_vae(vae, images: torch.Tensor, settings: LearningCheckSettings) -> 
     with torch.no_grad():
         means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(64)])
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
-    return step + 1, loss_value
+    return settings.vae_steps, loss_value
 
 
 def pretrain_unet(backbone, renders: RenderSet, settings: LearningCheckSettings) -> tuple[int, float]:
@@ -264,8 +262,7 @@ def pretrain_unet(backbone, renders: RenderSet, settings: LearningCheckSettings)
     unet.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.0)
     recent: list[float] = []
-    step = 0
-    for step in range(settings.unet_steps):
+    for _ in range(settings.unet_steps):
         index = torch.randint(len(renders), (settings.batch_size,), generator=generator)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scaling
         noise = torch.randn(latents.shape, generator=generator)
@@ -279,7 +276,7 @@ def pretrain_unet(backbone, renders: RenderSet, settings: LearningCheckSettings)
         optimizer.step()
         recent = (recent + [float(loss.detach())])[-50:]
     unet.requires_grad_(False).eval()
-    return step + 1, float(np.mean(recent))
+    return settings.unet_steps, float(np.mean(recent))
 
 
 # ------------------------------------------------------------------------------ stage 2: CapFace
@@ -292,12 +289,15 @@ def train_capface(backbone, adapter, renders: RenderSet, face_embeds, clip_pixel
     from caphuman.training.config import load_train_config
     from caphuman.training.module import CapHumanTrainingModule, step_generator
 
-    config = load_train_config("configs/tiny_train.yaml", [
-        f"training.output_dir={tempfile.mkdtemp(prefix='learning_check_')}",
-        f"training.optimizer.lr={settings.capface_lr}",
-        f"training.data.batch_size={settings.batch_size}",
-        f"training.seed={settings.seed}",
-    ])
+    config = load_train_config(
+        "configs/tiny_train.yaml",
+        [
+            f"training.output_dir={tempfile.mkdtemp(prefix='learning_check_')}",
+            f"training.optimizer.lr={settings.capface_lr}",
+            f"training.data.batch_size={settings.batch_size}",
+            f"training.seed={settings.seed}",
+        ],
+    )
     module = CapHumanTrainingModule(config, backbone, adapter)
     module.train()
     optimizer = module.configure_optimizers()
@@ -316,7 +316,7 @@ def train_capface(backbone, adapter, renders: RenderSet, face_embeds, clip_pixel
             "face_embeds": face_embeds[owners],
             "face_mask": renders.masks[index],
             "hint": renders.hints[index],
-            "caption": ["" if drop else captions[int(owner)] for owner, drop in zip(owners, drop_text)],
+            "caption": ["" if drop else captions[int(owner)] for owner, drop in zip(owners, drop_text, strict=True)],
             "drop_identity": torch.rand(settings.batch_size, generator=generator) < dropout.identity,
             "drop_hint": torch.rand(settings.batch_size, generator=generator) < dropout.hint,
         }
@@ -340,9 +340,14 @@ def generate(backbone, adapter, renders: RenderSet, face_embeds, clip_pixels, se
     from caphuman.schedulers import make_scheduler
 
     pipe = CapHumanPipeline(
-        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet,
-        capface=adapter.capface, identity_encoder=adapter.identity_encoder,
-        image_encoder=backbone.image_encoder, feature_extractor=backbone.feature_extractor,
+        vae=backbone.vae,
+        text_encoder=backbone.text_encoder,
+        tokenizer=backbone.tokenizer,
+        unet=backbone.unet,
+        capface=adapter.capface,
+        identity_encoder=adapter.identity_encoder,
+        image_encoder=backbone.image_encoder,
+        feature_extractor=backbone.feature_extractor,
         scheduler=make_scheduler("ddim", backbone.scheduler_config),
     )
     pipe.set_progress_bar_config(disable=True)
@@ -350,8 +355,13 @@ def generate(backbone, adapter, renders: RenderSet, face_embeds, clip_pixels, se
     generators = [torch.Generator().manual_seed(settings.seed + 1000 + index) for index in range(len(renders))]
     identity = IdentityInputs(face_embeds[renders.identity], clip_pixels[renders.identity])
     images = pipe(
-        [captions[int(owner)] for owner in renders.identity], renders.hints, identity=identity,
-        num_inference_steps=settings.sampling_steps, guidance_scale=1.0, generator=generators, output_type="pt",
+        [captions[int(owner)] for owner in renders.identity],
+        renders.hints,
+        identity=identity,
+        num_inference_steps=settings.sampling_steps,
+        guidance_scale=1.0,
+        generator=generators,
+        output_type="pt",
     ).images
     return images * 2 - 1
 
@@ -405,9 +415,9 @@ def run_learning_check(settings: LearningCheckSettings) -> LearningCheckResult:
 
 
 def _run(settings: LearningCheckSettings) -> LearningCheckResult:
+    from caphuman.build import load_adapter
     from caphuman.config import CapHumanConfig
     from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
-    from caphuman.build import load_adapter
     from caphuman.models.tiny import tiny_backbone
     from caphuman.training.config import load_train_config
 
@@ -449,7 +459,11 @@ def _run(settings: LearningCheckSettings) -> LearningCheckResult:
     clock = time.monotonic()
     adapter = load_adapter(CapHumanConfig(model=config.model), backbone, config.training.weights_dir)
     steps, first, last = train_capface(backbone, adapter, train, face_embeds, clip_pixels, settings)
-    result.seconds["stage 2: CapFace"], result.steps["stage 2: CapFace"], result.losses["stage 2: CapFace"] = time.monotonic() - clock, steps, (first, last)
+    result.seconds["stage 2: CapFace"], result.steps["stage 2: CapFace"], result.losses["stage 2: CapFace"] = (
+        time.monotonic() - clock,
+        steps,
+        (first, last),
+    )
     logger.info("CapFace: %d steps, noise loss %.4f (first 50) -> %.4f (last 50)", steps, first, last)
     trained_images = generate(backbone, adapter, test, face_embeds, clip_pixels, settings)
 
@@ -479,7 +493,11 @@ def report(result: LearningCheckResult, settings: LearningCheckSettings) -> str:
         extra = ""
         if stage in result.steps:
             first, last = result.losses[stage]
-            extra = f": {result.steps[stage]} steps, loss {first:.4f} -> {last:.4f}" if first != last else f": {result.steps[stage]} steps, loss {last:.4f}"
+            extra = (
+                f": {result.steps[stage]} steps, loss {first:.4f} -> {last:.4f}"
+                if first != last
+                else f": {result.steps[stage]} steps, loss {last:.4f}"
+            )
         lines.append(f"{stage:18s} {seconds:6.0f} s{extra}")
     count = next(iter(result.template.values())).total
     lines.append(f"\n{count} held-out poses, DDIM {settings.sampling_steps} steps, guidance 1.0, same seeds for both models.")
@@ -503,8 +521,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = LearningCheckSettings(
-        vae_steps=args.vae_steps, unet_steps=args.unet_steps, capface_steps=args.capface_steps,
-        seed=args.seed, threads=args.threads,
+        vae_steps=args.vae_steps,
+        unet_steps=args.unet_steps,
+        capface_steps=args.capface_steps,
+        seed=args.seed,
+        threads=args.threads,
     )
     started = time.monotonic()
     result = run_learning_check(settings)

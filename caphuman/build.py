@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from diffusers.models.modeling_utils import ModelMixin
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """"auto"/None -> CUDA when available, else CPU; anything else as torch understands it."""
+    """ "auto"/None -> CUDA when available, else CPU; anything else as torch understands it."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -42,7 +42,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" -> float16 on CUDA (as the model was trained), float32 on CPU (fp16 is slow there)."""
+    """ "auto" -> float16 on CUDA (as the model was trained), float32 on CPU (fp16 is slow there)."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]

@@ -10,7 +10,7 @@ import argparse
 import logging
 import shlex
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from caphuman.errors import CapHumanError
 
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(
-            name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__,
+            name,
+            help=module.__doc__.strip().splitlines()[0],
+            description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(sub)

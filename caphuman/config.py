@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -75,8 +75,16 @@ class TinyModelConfig:
     def __post_init__(self) -> None:
         if len(self.block_out_channels) < 1:
             raise ConfigError("model.tiny.block_out_channels must list at least one width.")
-        for name in ("layers_per_block", "cross_attention_dim", "attention_head_dim", "norm_num_groups", "text_hidden_size",
-                     "vision_hidden_size", "vision_image_size", "vision_patch_size"):
+        for name in (
+            "layers_per_block",
+            "cross_attention_dim",
+            "attention_head_dim",
+            "norm_num_groups",
+            "text_hidden_size",
+            "vision_hidden_size",
+            "vision_image_size",
+            "vision_patch_size",
+        ):
             check_positive(f"model.tiny.{name}", getattr(self, name))
         check_seed("model.tiny.init_seed", self.init_seed)
         for width in self.block_out_channels:
@@ -100,15 +108,15 @@ class ModelConfig:
     # SD 1.5 (or a fine-tune): a diffusers folder or a single .safetensors/.ckpt file.
     stable_diffusion: str = field(default_factory=lambda: weights_entry("stable_diffusion").path)
     # Optional separate VAE (single file or diffusers folder); null keeps the checkpoint's own.
-    vae: Optional[str] = field(default_factory=lambda: weights_entry("vae").path)
+    vae: str | None = field(default_factory=lambda: weights_entry("vae").path)
     # CLIP ViT-L/14 vision tower (a transformers folder) for the local identity features.
     clip_vision: str = field(default_factory=lambda: weights_entry("clip_vision").path)
     # Trained CapHuman parts (CapFace + projections) as written by `caphuman convert` or training;
     # null starts CapFace fresh from the UNet (zero convolutions: the model then equals SD).
-    caphuman: Optional[str] = field(default_factory=lambda: weights_entry("caphuman").path)
+    caphuman: str | None = field(default_factory=lambda: weights_entry("caphuman").path)
     # The official second ControlNet (OpenPose, control_v11p_sd15_openpose.pth or a diffusers
     # folder); null: none. Used only when sampling.body_control_strength > 0.
-    body_controlnet: Optional[str] = None
+    body_controlnet: str | None = None
     face_recognizer: str = "facenet"
     # Width of the global identity embedding: 512 for FaceNet/ArcFace, 128 for dlib.
     face_embedding_dim: int = 512
@@ -139,7 +147,7 @@ class SamplingConfig:
     num_inference_steps: int = 20
     guidance_scale: float = 7.0
     # Extra guidance on the identity tokens (3 branches per step). null: off, as published.
-    identity_guidance_scale: Optional[float] = None
+    identity_guidance_scale: float | None = None
     capface_strength: float = 1.0
     mask_gating: bool = True
     # Identity tokens are zeroed while the timestep is above tau (0 disables this).

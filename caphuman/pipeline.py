@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -152,9 +153,7 @@ class CapHumanPipeline(DiffusionPipeline):
         if negative_prompt_embeds is not None:
             if not isinstance(negative_prompt_embeds, torch.Tensor) or negative_prompt_embeds.ndim != 3:
                 raise ValueError(f"negative_prompt_embeds must be a (B, T, D) tensor, got {_describe(negative_prompt_embeds)}.")
-            if negative_prompt_embeds.shape[0] != batch or (
-                prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape
-            ):
+            if negative_prompt_embeds.shape[0] != batch or (prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape):
                 raise ValueError(
                     f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must match the prompts "
                     f"({batch} of them{'' if prompt_embeds is None else ', prompt_embeds ' + str(tuple(prompt_embeds.shape))})."
@@ -254,9 +253,7 @@ class CapHumanPipeline(DiffusionPipeline):
             raise ValueError(f"face embeddings are {identity.face_embeds.shape[-1]}-d but the identity encoder expects {expected}-d.")
         return identity_tokens(identity.repeat(batch_size), self.image_encoder, self.identity_encoder, fusion)
 
-    def prepare_identity_embeds(
-        self, person: PersonCondition, batch_size: int, num_images_per_prompt: int, fusion: str
-    ) -> torch.Tensor:
+    def prepare_identity_embeds(self, person: PersonCondition, batch_size: int, num_images_per_prompt: int, fusion: str) -> torch.Tensor:
         """One person's identity tokens for every image: (batch_size * num_images_per_prompt, T, D)
         in CapFace's dtype, computed (encode_identity) or precomputed (``identity_embeds``)."""
         if person.identity_embeds is None:
@@ -311,8 +308,12 @@ class CapHumanPipeline(DiffusionPipeline):
                     (down, mid), self.body_control_residuals(model_input, timestep, text_embeds, body_map, body_control_strength)
                 )
             noise = self.unet(
-                model_input, timestep, encoder_hidden_states=text_embeds,
-                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+                model_input,
+                timestep,
+                encoder_hidden_states=text_embeds,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                return_dict=False,
             )[0]
             return noise, face_mask
 
@@ -327,12 +328,15 @@ class CapHumanPipeline(DiffusionPipeline):
             branches_down.insert(0, down_no_id)
             branches_mid.insert(0, mid_no_id)
         count = len(branches_text)
-        all_down = None if down is None else [torch.cat(parts) for parts in zip(*branches_down)]
+        all_down = None if down is None else [torch.cat(parts) for parts in zip(*branches_down, strict=True)]
         all_mid = None if mid is None else torch.cat(branches_mid)
         if use_body:
             # The ControlNet sees each branch's own text (negative text in the unconditional ones).
             body = self.body_control_residuals(
-                torch.cat([model_input] * count), timestep, torch.cat(branches_text), torch.cat([body_map] * count),
+                torch.cat([model_input] * count),
+                timestep,
+                torch.cat(branches_text),
+                torch.cat([body_map] * count),
                 body_control_strength,
             )
             all_down, all_mid = add_residuals((all_down, all_mid), body)
@@ -353,8 +357,13 @@ class CapHumanPipeline(DiffusionPipeline):
         return guided, face_mask
 
     def capface_residuals(
-        self, model_input: torch.Tensor, timestep: torch.Tensor, id_tokens: torch.Tensor | list[torch.Tensor],
-        hint: torch.Tensor | list[torch.Tensor], strength: float, mask_gating: bool,
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        id_tokens: torch.Tensor | list[torch.Tensor],
+        hint: torch.Tensor | list[torch.Tensor],
+        strength: float,
+        mask_gating: bool,
     ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None, torch.Tensor]:
         """CapFace's gated, scaled residuals and face mask; at strength 0 CapFace is skipped
         (its residuals would all be multiplied by 0) and the mask is returned as zeros.
@@ -371,7 +380,11 @@ class CapHumanPipeline(DiffusionPipeline):
         return down, mid, output.face_mask
 
     def body_control_residuals(
-        self, model_input: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor, body_map: torch.Tensor,
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeds: torch.Tensor,
+        body_map: torch.Tensor,
         strength: float,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The OpenPose ControlNet's residuals times ``strength`` (not guess mode, no mask gate),
@@ -408,8 +421,13 @@ class CapHumanPipeline(DiffusionPipeline):
         return body_map.expand(batch, -1, -1, -1).to(self._execution_device, self.body_controlnet.dtype)
 
     def people_residuals(
-        self, model_input: torch.Tensor, timestep: torch.Tensor, id_tokens: list[torch.Tensor], hints: list[torch.Tensor],
-        strength: float, mask_gating: bool,
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        id_tokens: list[torch.Tensor],
+        hints: list[torch.Tensor],
+        strength: float,
+        mask_gating: bool,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Sum over people of each person's own gated residuals; the mask is their union."""
         down_sum, mid_sum, mask_union = None, None, None
@@ -532,8 +550,20 @@ class CapHumanPipeline(DiffusionPipeline):
             height = people[0].hint.shape[-2] if height is None else height
             width = people[0].hint.shape[-1] if width is None else width
         self.check_inputs(
-            prompts, negative_prompts, prompt_embeds, negative_prompt_embeds, people, height, width, num_inference_steps,
-            guidance_scale, identity_guidance_scale, capface_strength, reference_fusion, tau, callback_on_step_end_tensor_inputs,
+            prompts,
+            negative_prompts,
+            prompt_embeds,
+            negative_prompt_embeds,
+            people,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            identity_guidance_scale,
+            capface_strength,
+            reference_fusion,
+            tau,
+            callback_on_step_end_tensor_inputs,
         )
         if body_control_strength < 0:
             raise ValueError(f"body_control_strength must be >= 0, got {body_control_strength}.")
@@ -577,9 +607,18 @@ class CapHumanPipeline(DiffusionPipeline):
             for index, timestep in enumerate(timesteps):
                 step_tokens = zero_tokens if drop_identity[index] else id_tokens
                 noise, face_mask = self.predict_noise(
-                    latents, timestep, prompt_embeds, negative_prompt_embeds, step_tokens, hint,
-                    guidance_scale, identity_guidance_scale, capface_strength, mask_gating,
-                    body_map=body_map, body_control_strength=body_control_strength,
+                    latents,
+                    timestep,
+                    prompt_embeds,
+                    negative_prompt_embeds,
+                    step_tokens,
+                    hint,
+                    guidance_scale,
+                    identity_guidance_scale,
+                    capface_strength,
+                    mask_gating,
+                    body_map=body_map,
+                    body_control_strength=body_control_strength,
                 )
                 latents = self.scheduler.step(noise, host_timesteps[index], latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
@@ -616,7 +655,7 @@ def add_residuals(
     extra_down, extra_mid = second
     if down is None:
         return extra_down, extra_mid
-    return [a + b for a, b in zip(down, extra_down)], mid + extra_mid
+    return [a + b for a, b in zip(down, extra_down, strict=True)], mid + extra_mid
 
 
 def zeros_like_tokens(id_tokens: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

@@ -31,8 +31,8 @@ TINY_CONFIG = "configs/tiny.yaml"
 @pytest.fixture(scope="session")
 def tiny_backbone():
     """The tiny backbone of configs/tiny.yaml, built once per session (nothing is read from disk)."""
-    from caphuman.config import load_config
     from caphuman.build import load_backbone
+    from caphuman.config import load_config
 
     return load_backbone(load_config(TINY_CONFIG), weights_dir="checkpoints")
 
@@ -42,8 +42,8 @@ def tiny_pipeline():
     """A fresh tiny CapHuman pipeline (zero-initialised CapFace, stand-in recogniser) from
     ``build_pipeline``, the builder `caphuman sample` calls; its own modules, so a test may cast or
     change them without touching other tests."""
-    from caphuman.config import load_config
     from caphuman.build import build_pipeline
+    from caphuman.config import load_config
 
     pipe = build_pipeline(load_config(TINY_CONFIG), weights_dir="checkpoints", device="cpu")
     pipe.set_progress_bar_config(disable=True)

@@ -113,8 +113,8 @@ def test_sampling_compile_builds_a_compiled_pipeline_with_the_eager_images(tmp_p
     """sampling.compile: true in the config -> UNet and CapFace compiled in place, same images."""
     from pathlib import Path
 
-    from caphuman.config import load_config
     from caphuman.build import build_pipeline
+    from caphuman.config import load_config
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     eager = build_pipeline(load_config(tiny), tmp_path, "cpu", with_recognizer=False)

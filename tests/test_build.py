@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from caphuman.build import build_pipeline, resolve_device, resolve_dtype
 from caphuman.config import load_config
 from caphuman.errors import CapHumanError, MissingWeightsError
-from caphuman.build import build_pipeline, resolve_device, resolve_dtype
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -57,7 +57,8 @@ def run_installed(args: list[str], target: Path, cwd: Path) -> subprocess.Comple
 
 def test_installed_package_ships_configs_and_manifest(installed, tmp_path):
     probe = (
-        "import json, caphuman; from caphuman.config import resolve_config_path; from caphuman.weights.registry import DEFAULT_MANIFEST, load_manifest;"
+        "import json, caphuman; from caphuman.config import resolve_config_path; "
+        "from caphuman.weights.registry import DEFAULT_MANIFEST, load_manifest;"
         "print(json.dumps({'package': caphuman.__file__, 'config': str(resolve_config_path('configs/benchmarks/smoke.yaml')),"
         " 'manifest': str(DEFAULT_MANIFEST), 'entries': len(load_manifest())}))"
     )

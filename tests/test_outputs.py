@@ -68,8 +68,8 @@ def sample(face: Path, out: Path, *extra: str) -> int:
 def original_checkpoint(tmp_path_factory, tiny_backbone):
     """A tiny checkpoint in the original release's key layout (as tests/weights/test_original_checkpoint.py builds it) and
     its CapFace config (the CLI assumes SD 1.5 sizes; the library takes the tiny config)."""
-    from caphuman.weights.original_checkpoint import export_original
     from caphuman.models.adapter import CapHumanAdapter
+    from caphuman.weights.original_checkpoint import export_original
 
     adapter = CapHumanAdapter.from_unet(tiny_backbone.unet, 512, tiny_backbone.image_encoder.config.hidden_size, seed=0)
     path = tmp_path_factory.mktemp("original") / "caphuman.ckpt"

@@ -68,9 +68,15 @@ def reference_sd(tiny_pipeline):
 
     def generate(seed: int = 0, steps: int = 2, guidance_scale: float = 7.0, negative_prompt: str | None = None, num_images: int = 1):
         return pipe(
-            PROMPT, height=SIZE, width=SIZE, num_inference_steps=steps, guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt, num_images_per_prompt=num_images,
-            generator=torch.Generator().manual_seed(seed), output_type="np",
+            PROMPT,
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            num_images_per_prompt=num_images,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
         ).images
 
     return generate
@@ -107,9 +113,7 @@ def test_all_zero_mask_gates_every_residual(tiny_pipeline, reference_sd):
 
 def test_mask_gate_keeps_residuals_where_mask_is_on(tiny_pipeline):
     randomize_capface(tiny_pipeline.capface, mask_bias=20.0)  # mask on everywhere: gating is a no-op
-    torch.testing.assert_close(
-        torch.from_numpy(run(tiny_pipeline, seed=4)), torch.from_numpy(run(tiny_pipeline, seed=4, mask_gating=False))
-    )
+    torch.testing.assert_close(torch.from_numpy(run(tiny_pipeline, seed=4)), torch.from_numpy(run(tiny_pipeline, seed=4, mask_gating=False)))
 
 
 def test_identity_and_hint_change_the_output_of_a_trained_branch(tiny_pipeline):
@@ -178,10 +182,15 @@ def test_reference_faces_path_equals_precomputed_inputs(tiny_pipeline):
 @pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "euler_a", "unipc"])
 def test_schedulers_by_name_reproduce(tiny_pipeline, name):
     tiny_pipeline.set_scheduler(name)
-    assert type(tiny_pipeline.scheduler).__name__ == {
-        "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
-        "euler_a": "EulerAncestralDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
-    }[name]
+    assert (
+        type(tiny_pipeline.scheduler).__name__
+        == {
+            "ddim": "DDIMScheduler",
+            "dpmpp_2m": "DPMSolverMultistepScheduler",
+            "euler_a": "EulerAncestralDiscreteScheduler",
+            "unipc": "UniPCMultistepScheduler",
+        }[name]
+    )
     first, again = run(tiny_pipeline, seed=11, steps=3), run(tiny_pipeline, seed=11, steps=3)
     np.testing.assert_array_equal(first, again)
     assert np.isfinite(first).all()

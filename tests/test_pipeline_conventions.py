@@ -36,18 +36,20 @@ def generate(pipe, seed: int = 0, steps: int = 2, **kwargs):
 
 def reference_faces(count: int = 2) -> list[ReferenceFace]:
     rng = np.random.default_rng(0)
-    return [
-        ReferenceFace(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
-        for _ in range(count)
-    ]
+    return [ReferenceFace(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(count)]
 
 
 @pytest.fixture()
 def stable_diffusion(tiny_pipeline):
     """diffusers' StableDiffusionPipeline on the same UNet, VAE, text encoder and schedule."""
     pipe = StableDiffusionPipeline(
-        vae=tiny_pipeline.vae, text_encoder=tiny_pipeline.text_encoder, tokenizer=tiny_pipeline.tokenizer,
-        unet=tiny_pipeline.unet, scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+        vae=tiny_pipeline.vae,
+        text_encoder=tiny_pipeline.text_encoder,
+        tokenizer=tiny_pipeline.tokenizer,
+        unet=tiny_pipeline.unet,
+        scheduler=make_scheduler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -83,9 +85,7 @@ def test_precomputed_prompt_embeds_give_identical_images(tiny_pipeline, images_p
     randomize_capface(tiny_pipeline.capface)
     from_text = generate(tiny_pipeline, seed=3, negative_prompt="blurry", num_images_per_prompt=images_per_prompt)
     positive, negative = tiny_pipeline.encode_prompt(PROMPT, 1, True, "blurry")
-    from_embeds = generate(
-        tiny_pipeline, seed=3, prompt_embeds=positive, negative_prompt_embeds=negative, num_images_per_prompt=images_per_prompt
-    )
+    from_embeds = generate(tiny_pipeline, seed=3, prompt_embeds=positive, negative_prompt_embeds=negative, num_images_per_prompt=images_per_prompt)
     np.testing.assert_array_equal(from_embeds.images, from_text.images)
     torch.testing.assert_close(from_embeds.face_masks, from_text.face_masks, rtol=0, atol=0)
     # Only the positive embeddings given: the negative ones come from negative_prompt, as in diffusers.
@@ -98,8 +98,14 @@ def test_prompt_embeds_at_strength_zero_equal_stable_diffusion_with_the_same_emb
     positive, negative = positive + 0.5, negative - 0.25  # embeddings no prompt would give
     ours = generate(tiny_pipeline, seed=2, prompt_embeds=positive, negative_prompt_embeds=negative, capface_strength=0.0)
     theirs = stable_diffusion(
-        prompt_embeds=positive, negative_prompt_embeds=negative, height=SIZE, width=SIZE, num_inference_steps=2,
-        guidance_scale=7.0, generator=torch.Generator().manual_seed(2), output_type="np",
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=2,
+        guidance_scale=7.0,
+        generator=torch.Generator().manual_seed(2),
+        output_type="np",
     ).images
     torch.testing.assert_close(torch.from_numpy(ours.images), torch.from_numpy(theirs))
 
@@ -181,7 +187,10 @@ def test_callback_sees_every_step_and_the_tensors_it_asks_for(tiny_pipeline):
 
     plain = generate(tiny_pipeline, steps=3, num_images_per_prompt=2)
     watched = generate(
-        tiny_pipeline, steps=3, num_images_per_prompt=2, callback_on_step_end=record,
+        tiny_pipeline,
+        steps=3,
+        num_images_per_prompt=2,
+        callback_on_step_end=record,
         callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "negative_prompt_embeds"],
     )
     timesteps = tiny_pipeline.scheduler.timesteps.tolist()
@@ -200,13 +209,23 @@ def test_callback_that_replaces_latents_changes_the_output_as_in_diffusers(tiny_
     ours = generate(tiny_pipeline, seed=1, steps=3, capface_strength=0.0, callback_on_step_end=halve_after_first_step).images
     assert np.abs(ours - plain).max() > 1e-3
     theirs = stable_diffusion(
-        PROMPT, height=SIZE, width=SIZE, num_inference_steps=3, guidance_scale=7.0, callback_on_step_end=halve_after_first_step,
-        generator=torch.Generator().manual_seed(1), output_type="np",
+        PROMPT,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=3,
+        guidance_scale=7.0,
+        callback_on_step_end=halve_after_first_step,
+        generator=torch.Generator().manual_seed(1),
+        output_type="np",
     ).images
     torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs))
     # Replacing the embeddings acts on the next step's prediction.
     swapped = generate(
-        tiny_pipeline, seed=1, steps=3, capface_strength=0.0, callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        tiny_pipeline,
+        seed=1,
+        steps=3,
+        capface_strength=0.0,
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
         callback_on_step_end=lambda pipe, i, t, tensors: {"prompt_embeds": tensors["prompt_embeds"] * 0.0},
     ).images
     assert np.abs(swapped - plain).max() > 1e-3

@@ -33,12 +33,22 @@ NECK = 1
 OPENPOSE_FROM_BLAZEPOSE: tuple[int | None, ...] = (
     0,  # nose
     None,  # neck
-    12, 14, 16,  # right shoulder, elbow, wrist
-    11, 13, 15,  # left shoulder, elbow, wrist
-    24, 26, 28,  # right hip, knee, ankle
-    23, 25, 27,  # left hip, knee, ankle
-    5, 2,  # right eye, left eye
-    8, 7,  # right ear, left ear
+    12,
+    14,
+    16,  # right shoulder, elbow, wrist
+    11,
+    13,
+    15,  # left shoulder, elbow, wrist
+    24,
+    26,
+    28,  # right hip, knee, ankle
+    23,
+    25,
+    27,  # left hip, knee, ankle
+    5,
+    2,  # right eye, left eye
+    8,
+    7,  # right ear, left ear
 )
 BLAZEPOSE_SHOULDERS = (11, 12)
 
@@ -116,9 +126,7 @@ class BodyKeypointDetector:
         self.min_visibility = float(min_visibility)
         # model_complexity=1 is the "full" pose model, the one whose .tflite ships in the wheel
         # (0 and 2 would be fetched from the network on first use).
-        self._pose = open_mediapipe_solution(
-            lambda: mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5)
-        )
+        self._pose = open_mediapipe_solution(lambda: mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5))
         self._hands = (
             open_mediapipe_solution(
                 lambda: mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=2, model_complexity=1, min_detection_confidence=0.5)
@@ -155,7 +163,7 @@ class BodyKeypointDetector:
                     graph.close()
         self._pose = self._hands = None
 
-    def __enter__(self) -> "BodyKeypointDetector":
+    def __enter__(self) -> BodyKeypointDetector:
         return self
 
     def __exit__(self, *exc) -> None:

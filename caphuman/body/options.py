@@ -6,14 +6,16 @@ import argparse
 
 
 def add_body_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "body control (the official second ControlNet: OpenPose, control_v11p_sd15_openpose; off by default)"
-    )
+    group = parser.add_argument_group("body control (the official second ControlNet: OpenPose, control_v11p_sd15_openpose; off by default)")
     group.add_argument(
-        "--body-control-strength", type=float, metavar="S",
+        "--body-control-strength",
+        type=float,
+        metavar="S",
         help="scale of the OpenPose ControlNet (default from config: 0 = off; the original README's example uses 1.0)",
     )
-    group.add_argument("--body-modes", metavar="LIST", help="layers of the pose map: face (dots from the 3D head), body, hand (comma list; default face,body)")
+    group.add_argument(
+        "--body-modes", metavar="LIST", help="layers of the pose map: face (dots from the 3D head), body, hand (comma list; default face,body)"
+    )
     group.add_argument("--body-map", metavar="PATH", help="a ready-made OpenPose image to use instead of drawing one from --pose-ref")
     group.add_argument("--body-controlnet", metavar="PATH", help="override model.body_controlnet (a .pth/.safetensors file or diffusers folder)")
 

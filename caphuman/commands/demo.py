@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise CapHumanError(f"--port must be between 1 and 65535, got {args.port}.")
     check_address(args.host, args.port)
+    from caphuman.build import resolve_device
     from caphuman.config import load_config
     from caphuman.demo.callbacks import DemoBackend
-    from caphuman.build import resolve_device
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line per request
     load_config(args.config)  # a bad config fails here, before gradio starts

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identities", required=True, metavar="DIR", help="folder of reference photos, one per identity (optional subjects.yaml)")
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder (rerunning into it resumes)")
     parser.add_argument(
-        "--method", action="append", metavar="NAME",
+        "--method",
+        action="append",
+        metavar="NAME",
         help="caphuman, text-only, caphuman-no-head, all, or package.module:function (repeatable; default caphuman)",
     )
     parser.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
@@ -58,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=1, help="images per pipeline call (several prompts, conditions and seeds of one identity; default 1)"
     )
     parser.add_argument(
-        "--part", metavar="I/N",
+        "--part",
+        metavar="I/N",
         help="generate and score only part I of N (0-based) of the work, for job arrays; then run once with --merge. "
         "Not with torchrun, whose ranks split the work already",
     )
@@ -77,7 +80,7 @@ def resolve_methods(names: list[str] | None):
     expanded: list[str] = []
     for name in names:
         for part in (p.strip() for p in name.split(",")):
-            for item in (DEFAULT_METHODS if part == "all" else (part,)):
+            for item in DEFAULT_METHODS if part == "all" else (part,):
                 if item and item not in expanded:
                     expanded.append(item)
     return [get_method(name) for name in expanded]
@@ -95,7 +98,9 @@ def prepare_output_folder(args: argparse.Namespace):
     from caphuman.parallel import resolve_part
 
     return claim_folder(
-        args.out, "eval", existing="",
+        args.out,
+        "eval",
+        existing="",
         # An eval run from before owner markers: its manifest says so (eval writes only RUN_ENTRIES).
         adopt=lambda folder, entries: "manifest.json" in entries,
         shared=not resolve_part(args.part).whole,
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from caphuman.build import resolve_device
     from caphuman.errors import CapHumanError
     from caphuman.eval.benchmark import find_identities, load_benchmark
     from caphuman.eval.clip_score import ClipScorer
@@ -128,7 +134,6 @@ def _run(args: argparse.Namespace) -> int:
     from caphuman.eval.report import ReportNotes, write_report
     from caphuman.eval.runner import generate, missing_images, owned_units, update_manifest
     from caphuman.eval.scoring import Scorer, score_run
-    from caphuman.build import resolve_device
     from caphuman.outputs import write_json_atomically
     from caphuman.parallel import device_for_part, resolve_part, wait_for_all_ranks
 
@@ -151,11 +156,19 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
     logger.info(
         "%s: %d identities x %d prompts x %d conditions x %d seeds = %d images per method; methods: %s",
-        spec.name, len(identities), len(spec.prompts), len(spec.conditions), len(spec.seeds),
-        len(identities) * spec.images_per_identity, ", ".join(m.name for m in methods),
+        spec.name,
+        len(identities),
+        len(spec.prompts),
+        len(spec.conditions),
+        len(spec.seeds),
+        len(identities) * spec.images_per_identity,
+        ", ".join(m.name for m in methods),
     )
     if config.model.backbone == "sd15" and config.model.caphuman is not None and config.model.head_prior != "deca":
-        logger.warning("The released CapHuman weights were trained on DECA/FLAME renders; the '%s' head prior is outside their training distribution.", config.model.head_prior)
+        logger.warning(
+            "The released CapHuman weights were trained on DECA/FLAME renders; the '%s' head prior is outside their training distribution.",
+            config.model.head_prior,
+        )
 
     context = MethodContext(config, args.weights, device)
     summary: dict = {"benchmark": spec.name, "methods": [m.name for m in methods], "identities": [i.identity_id for i in identities]}
@@ -190,8 +203,12 @@ def _run(args: argparse.Namespace) -> int:
                         "%d image(s) of the benchmark are not in %s yet: run the unfinished part(s) again, then --merge.", missing, run_dir
                     )
                 notes = ReportNotes(
-                    benchmark=spec.name, identities=len(identities), identity_model=identity_model.label, clip=clip.note,
-                    head_prior=config.model.head_prior, model_config=str(args.config),
+                    benchmark=spec.name,
+                    identities=len(identities),
+                    identity_model=identity_model.label,
+                    clip=clip.note,
+                    head_prior=config.model.head_prior,
+                    model_config=str(args.config),
                 )
                 files = write_report(run_dir, rows, [m.name for m in methods], spec, identities, references, notes)
                 summary["report"] = {name: str(path) for name, path in files.items()}

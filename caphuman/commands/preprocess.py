@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of photos (searched recursively)")
     parser.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to create or resume (a folder of other files is refused)")
-    parser.add_argument("--captions", metavar="FILE", help="jsonl ({\"file\": ..., \"caption\": ...}) or csv (file,caption); file is relative to --images or a file name")
+    parser.add_argument(
+        "--captions", metavar="FILE", help='jsonl ({"file": ..., "caption": ...}) or csv (file,caption); file is relative to --images or a file name'
+    )
     parser.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model config: which face recogniser and head prior")
     parser.add_argument("--weights", default="checkpoints", help="folder with the weights files (recogniser, DECA, BiSeNet)")
     parser.add_argument("--image-size", type=positive_int(), default=512, help="stored side of the aligned image, mask and hint (default 512)")
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if summary.records_in_dataset == 0:
         raise InputImageError(
-            f"No photo under '{args.images}' could be processed ({len(summary.skipped) + summary.previously_skipped} skipped; reasons in {args.out}/{REPORT_FILE})."
+            f"No photo under '{args.images}' could be processed "
+            f"({len(summary.skipped) + summary.previously_skipped} skipped; reasons in {args.out}/{REPORT_FILE})."
         )
     return 0

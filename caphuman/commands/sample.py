@@ -34,12 +34,16 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("--ref", action="append", required=True, metavar="PATH", help="reference face photo (repeat for several photos of one person)")
+    inputs.add_argument(
+        "--ref", action="append", required=True, metavar="PATH", help="reference face photo (repeat for several photos of one person)"
+    )
     inputs.add_argument("--prompt", required=True, help="what to generate, e.g. 'a photo of a woman, on the beach'")
     inputs.add_argument("--a-prompt", default="", help="added prompt, appended as ', <text>' (the official --a_prompt), e.g. 'best quality'")
     inputs.add_argument("--negative-prompt", default=None, help="what to avoid (default from config: '')")
     inputs.add_argument("--pose-ref", metavar="PATH", help="photo whose head conditions (see --modes) are transferred")
-    inputs.add_argument("--modes", default="position,pose", help="conditions taken from --pose-ref: position, pose, expression, lighting, all (comma list)")
+    inputs.add_argument(
+        "--modes", default="position,pose", help="conditions taken from --pose-ref: position, pose, expression, lighting, all (comma list)"
+    )
     inputs.add_argument("--yaw", type=ranged_float(-180, 180), help="head yaw in degrees (positive: the nose turns to the image's right)")
     inputs.add_argument("--pitch", type=ranged_float(-180, 180), help="head pitch in degrees (positive tilts the nose down)")
     inputs.add_argument("--roll", type=ranged_float(-180, 180), help="head roll in degrees (positive: counter-clockwise)")
@@ -59,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--config", default="configs/caphuman_sd15.yaml", help="model + sampling config (YAML)")
     model.add_argument("--weights", default="checkpoints", help="folder with the weights files (see checkpoints/README.md)")
     model.add_argument("--head-prior", choices=sorted(HEAD_PRIORS), help="override model.head_prior")
-    model.add_argument("--sd-ckpt", metavar="PATH", help="another SD 1.5 checkpoint for this run (file or diffusers folder; overrides model.stable_diffusion)")
+    model.add_argument(
+        "--sd-ckpt", metavar="PATH", help="another SD 1.5 checkpoint for this run (file or diffusers folder; overrides model.stable_diffusion)"
+    )
     model.add_argument("--vae-ckpt", metavar="PATH", help="another VAE for this run (overrides model.vae)")
     model.add_argument("--clip-crop", choices=CLIP_CROPS, help="override identity.clip_crop (see README)")
     model.add_argument("--photo-fit", choices=PHOTO_FITS, help="override head.photo_fit: how a non-square photo becomes the square head frame")
@@ -147,8 +153,10 @@ def prepare_output_folder(args: argparse.Namespace) -> OwnedFolder:
     from caphuman.outputs import claim_folder, names_match
 
     return claim_folder(
-        args.out, "sample",
-        existing="pass --overwrite to replace its images", allow_existing=args.overwrite,
+        args.out,
+        "sample",
+        existing="pass --overwrite to replace its images",
+        allow_existing=args.overwrite,
         adopt=lambda folder, entries: names_match(entries, SAMPLE_FILES) and _is_sample_config(folder / "config.yaml"),
     )
 
@@ -291,7 +299,9 @@ def _run(args: argparse.Namespace, owned: OwnedFolder, config: CapHumanConfig) -
             **input_facts(args),
             "body_map": str(Path(args.body_map).resolve()) if args.body_map else None,
             "modes": list(modes),
-            "yaw": args.yaw, "pitch": args.pitch, "roll": args.roll,
+            "yaw": args.yaw,
+            "pitch": args.pitch,
+            "roll": args.roll,
             "face_index": args.face_index,
             "pose_face_index": args.pose_face_index,
             "weights": str(Path(args.weights).resolve()),

@@ -20,9 +20,10 @@ import logging
 import shlex
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from caphuman.errors import CapHumanError, ConfigError
 
@@ -97,8 +98,10 @@ def claim_run_folder(config: TrainConfig, resuming: bool):
     if is_secondary_rank():
         return contextlib.nullcontext()
     return claim_folder(
-        config.training.output_dir, "train",
-        existing="pass --resume to continue it", allow_existing=resuming,
+        config.training.output_dir,
+        "train",
+        existing="pass --resume to continue it",
+        allow_existing=resuming,
         new_folder_hint="set training.output_dir to a new folder",
         # A run folder from before owner markers: its config.yaml and checkpoints/ (the user's own
         # extra files in it are never touched: train writes only the names in RUN_ENTRIES).
@@ -205,8 +208,8 @@ def _train(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from caphuman.config import CapHumanConfig, save_config
     from caphuman.build import load_adapter, load_backbone
+    from caphuman.config import CapHumanConfig, save_config
     from caphuman.quiet import quiet_lightning
     from caphuman.training.callbacks import EMACallback, ExportCallback, ValidationSamplesCallback
     from caphuman.training.module import CapHumanTrainingModule, ResumableBatches

@@ -56,14 +56,15 @@ class IdentityInputs:
             )
         if self.face_embeds.shape[:2] != self.clip_pixel_values.shape[:2]:
             raise ValueError(
-                f"face_embeds {tuple(self.face_embeds.shape[:2])} and clip_pixel_values {tuple(self.clip_pixel_values.shape[:2])} disagree on (batch, references)."
+                f"face_embeds {tuple(self.face_embeds.shape[:2])} and clip_pixel_values {tuple(self.clip_pixel_values.shape[:2])} "
+                "disagree on (batch, references)."
             )
 
     @property
     def batch_size(self) -> int:
         return self.face_embeds.shape[0]
 
-    def repeat(self, batch_size: int) -> "IdentityInputs":
+    def repeat(self, batch_size: int) -> IdentityInputs:
         """Broadcast a single identity over ``batch_size`` samples."""
         if self.batch_size == batch_size:
             return self
@@ -75,9 +76,7 @@ class IdentityInputs:
         )
 
 
-def prepare_identity_inputs(
-    references: list[ReferenceFace], recognizer: FaceRecognizer, feature_extractor: CLIPImageProcessor
-) -> IdentityInputs:
+def prepare_identity_inputs(references: list[ReferenceFace], recognizer: FaceRecognizer, feature_extractor: CLIPImageProcessor) -> IdentityInputs:
     """Run the recogniser and CLIP preprocessing on R reference faces of ONE identity (B = 1)."""
     if not references:
         raise ValueError("At least one reference face is needed.")
@@ -86,9 +85,7 @@ def prepare_identity_inputs(
     return IdentityInputs(face_embeds=face_embeds[None], clip_pixel_values=pixels[None])
 
 
-def identity_tokens(
-    inputs: IdentityInputs, image_encoder: CLIPVisionModel, identity_encoder: IdentityEncoder, fusion: str = "mean"
-) -> torch.Tensor:
+def identity_tokens(inputs: IdentityInputs, image_encoder: CLIPVisionModel, identity_encoder: IdentityEncoder, fusion: str = "mean") -> torch.Tensor:
     """(B, T, D) identity tokens: CLIP last hidden state + projections (see IdentityEncoder)."""
     batch, references = inputs.clip_pixel_values.shape[:2]
     pixels = inputs.clip_pixel_values.flatten(0, 1).to(device=image_encoder.device, dtype=image_encoder.dtype)

@@ -22,7 +22,9 @@ def warn_if_truncated(prompts: list[str], tokenizer: CLIPTokenizer) -> list[str]
             kept = tokenizer.decode(tokenizer(prompt, truncation=True, max_length=limit).input_ids[1:-1])
             logger.warning(
                 "The prompt is %d tokens long but the text encoder reads only %d; everything after '...%s' is ignored.",
-                length, limit, kept[-40:],
+                length,
+                limit,
+                kept[-40:],
             )
     return long
 

@@ -24,8 +24,9 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import cv2
 import lightning.pytorch as pl
@@ -75,7 +76,7 @@ class CapHumanDataset(IterableDataset):
             smaller size is resized on the fly (area for the image and hint, nearest for the mask).
         clip_image_processor: transformers CLIPImageProcessor for the reference crop; None
             yields the 224 px crop as is, scaled to [0, 1].
-        dropout: condition dropout rates.
+        dropout: condition dropout rates (None: the published defaults).
         seed: seeds order and dropout.
         shuffle: shuffle shard and record order each epoch (False: index order).
         repeat: loop forever, epoch after epoch (epoch e + 1 after e), for step-based training.
@@ -98,11 +99,11 @@ class CapHumanDataset(IterableDataset):
         root: str | os.PathLike,
         image_size: int = 512,
         clip_image_processor=None,
-        dropout: ConditionDropout = ConditionDropout(),
+        dropout: ConditionDropout | None = None,
         seed: int = 0,
         shuffle: bool = True,
         repeat: bool = False,
-        keys: Optional[Sequence[str]] = None,
+        keys: Sequence[str] | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -111,23 +112,27 @@ class CapHumanDataset(IterableDataset):
             wanted = set(keys)
             entries = [entry for entry in entries if entry.key in wanted]
         if not entries:
-            raise CapHumanError(f"Dataset '{self.root}' has no records{' in this split' if keys is not None else ''}; run `caphuman preprocess` first.")
+            raise CapHumanError(
+                f"Dataset '{self.root}' has no records{' in this split' if keys is not None else ''}; run `caphuman preprocess` first."
+            )
         self.entries: list[IndexEntry] = entries
         self.stored_size = self._stored_size()
         if image_size > self.stored_size:
             raise ConfigError(
-                f"image_size {image_size} is larger than the {self.stored_size} px stored in '{self.root}'; preprocess again with --image-size {image_size}."
+                f"image_size {image_size} is larger than the {self.stored_size} px stored in '{self.root}'; "
+                f"preprocess again with --image-size {image_size}."
             )
         self.image_size = int(image_size)
         self.clip_image_processor = clip_image_processor
-        self.dropout = dropout
+        # A fresh default per object: a shared default instance would carry one's edits to the next.
+        self.dropout = dropout if dropout is not None else ConditionDropout()
         self.seed = int(seed)
         self.shuffle = shuffle
         self.repeat = repeat
         self.epoch = 0
-        self._rank: Optional[int] = None
-        self._world_size: Optional[int] = None
-        self._skip: Optional[tuple[int, int, int]] = None  # (epoch, batches, batch_size)
+        self._rank: int | None = None
+        self._world_size: int | None = None
+        self._skip: tuple[int, int, int] | None = None  # (epoch, batches, batch_size)
         # Shards in index order, each with its records in index order.
         shards: dict[str, list[str]] = {}
         for entry in entries:
@@ -228,7 +233,7 @@ class CapHumanDataset(IterableDataset):
             for reader in readers.values():
                 reader.close()
 
-    def _reader(self, readers: "OrderedDict[str, ShardReader]", shard: str) -> ShardReader:
+    def _reader(self, readers: OrderedDict[str, ShardReader], shard: str) -> ShardReader:
         reader = readers.get(shard)
         if reader is None:
             if len(readers) >= _OPEN_SHARDS:
@@ -304,7 +309,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def split_keys(entries: Sequence[IndexEntry], val_size: Union[int, float]) -> tuple[list[str], list[str]]:
+def split_keys(entries: Sequence[IndexEntry], val_size: int | float) -> tuple[list[str], list[str]]:
     """(train keys, validation keys): validation is the first ``val_size`` keys in sorted order.
 
     Keys are SHA-1 hashes of the photo paths, so sorted order is a fixed pseudo-random sample.
@@ -343,9 +348,9 @@ class CapHumanDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         image_size: int = 512,
         clip_image_processor=None,
-        dropout: ConditionDropout = ConditionDropout(),
+        dropout: ConditionDropout | None = None,
         seed: int = 0,
-        val_size: Union[int, float] = 0,
+        val_size: int | float = 0,
         repeat: bool = True,
         pin_memory: bool = False,
     ):
@@ -355,15 +360,16 @@ class CapHumanDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.image_size = image_size
         self.clip_image_processor = clip_image_processor
-        self.dropout = dropout
+        # A fresh default per object: a shared default instance would carry one's edits to the next.
+        self.dropout = dropout if dropout is not None else ConditionDropout()
         self.seed = seed
         self.val_size = val_size
         self.repeat = repeat
         self.pin_memory = pin_memory
-        self.train_dataset: Optional[CapHumanDataset] = None
-        self.val_dataset: Optional[CapHumanDataset] = None
+        self.train_dataset: CapHumanDataset | None = None
+        self.val_dataset: CapHumanDataset | None = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
             self._build()
         # Lightning's rank, not the environment's: correct for every strategy and launcher.

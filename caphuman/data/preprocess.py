@@ -16,8 +16,8 @@ so training and sampling compute every condition the same way:
 
 Runs are resumable: a photo whose key is in the index is not processed again, and a photo that
 was unreadable or had no face is not retried while its size and modification time are unchanged
-(unless ``retry_failed``); photos that hit an unexpected error are always retried. Bad photos (unreadable, not an image, no face) are skipped and listed in
-``report.json`` with the reason.
+(unless ``retry_failed``); photos that hit an unexpected error are always retried. Bad photos
+(unreadable, not an image, no face) are skipped and listed in ``report.json`` with the reason.
 
 Split runs (``--part i/N`` or torchrun ranks, :class:`caphuman.parallel.Part`): a photo belongs to
 the part given by a stable hash of its path; each part writes a complete dataset of its own
@@ -35,9 +35,9 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -92,13 +92,13 @@ class PreprocessSettings:
 
     images: str
     out: str
-    captions: Optional[str] = None
-    config: Optional[str] = None
+    captions: str | None = None
+    config: str | None = None
     weights: str = "checkpoints"
     image_size: int = 512
     workers: int = 1
     shard_size: int = 1000
-    head_prior: Optional[str] = None
+    head_prior: str | None = None
     device: str = "cpu"
     retry_failed: bool = False
     default_caption: str = DEFAULT_CAPTION
@@ -135,8 +135,8 @@ class PhotoResult:
     key: str
     caption: str
     caption_missing: bool
-    files: Optional[dict[str, bytes]] = None
-    skipped: Optional[SkippedPhoto] = None
+    files: dict[str, bytes] | None = None
+    skipped: SkippedPhoto | None = None
     seconds: float = 0.0
 
 
@@ -209,7 +209,7 @@ def load_captions(path: str | os.PathLike) -> dict[str, str]:
                 item = json.loads(line)
                 captions[str(item["file"]).strip()] = str(item["caption"]).strip()
             except (ValueError, KeyError, TypeError):
-                raise CapHumanError(f"Captions file '{path}' line {number} is not a JSON object with \"file\" and \"caption\".") from None
+                raise CapHumanError(f'Captions file \'{path}\' line {number} is not a JSON object with "file" and "caption".') from None
     return captions
 
 
@@ -348,7 +348,7 @@ def _run_task(processor: PhotoProcessor, task: _Task) -> PhotoResult:
 
 # Per-process state of pool workers: mediapipe and dlib objects cannot be pickled, so each
 # worker builds its own models once, in the initializer.
-_WORKER_PROCESSOR: Optional[PhotoProcessor] = None
+_WORKER_PROCESSOR: PhotoProcessor | None = None
 
 
 def _init_worker(settings: PreprocessSettings) -> None:
@@ -454,8 +454,8 @@ class _Report:
 def preprocess_folder(
     settings: PreprocessSettings,
     progress: bool = True,
-    stop_after: Optional[int] = None,
-    on_result: Optional[Callable[[PhotoResult], None]] = None,
+    stop_after: int | None = None,
+    on_result: Callable[[PhotoResult], None] | None = None,
     part: Part = WHOLE,
 ) -> PreprocessSummary:
     """Turn every photo under ``settings.images`` into records under ``settings.out``.
@@ -533,12 +533,7 @@ def _preprocess_locked(
         earlier = report.skipped.get(source)
         # Unreadable files and photos without a face stay so until the file changes; an
         # unexpected error (FAILED) may be a bug since fixed, so it is always retried.
-        if (
-            earlier is not None
-            and earlier.kind != FAILED
-            and not settings.retry_failed
-            and (earlier.size, earlier.mtime_ns) == _file_stamp(path)
-        ):
+        if earlier is not None and earlier.kind != FAILED and not settings.retry_failed and (earlier.size, earlier.mtime_ns) == _file_stamp(path):
             summary.previously_skipped += 1
             continue
         report.skipped.pop(source, None)
@@ -546,7 +541,11 @@ def _preprocess_locked(
         tasks.append(_Task(str(path), source, caption, missing))
     logger.info(
         "%d photo(s) under %s: %d already in the dataset, %d skipped before (unchanged), %d to process.",
-        len(sources), images, summary.already_done, summary.previously_skipped, len(tasks),
+        len(sources),
+        images,
+        summary.already_done,
+        summary.previously_skipped,
+        len(tasks),
     )
 
     # Checked before any model loads, so a mismatched rerun fails in a second.
@@ -560,7 +559,7 @@ def _preprocess_locked(
     if face_parser == "bisenet" and not parser_path.is_file():
         raise missing_weights("face_parsing", "BiSeNet face-parsing weights (identity.face_parser: bisenet)", parser_path)
     _check_or_write_settings(out, dataset_settings(settings, config, face_parser))
-    processor: Optional[PhotoProcessor] = None
+    processor: PhotoProcessor | None = None
     pool = None
     if tasks and settings.workers <= 1:
         processor = PhotoProcessor(config, settings.weights, settings.image_size, settings.device)
@@ -702,7 +701,12 @@ def _merge_parts_locked(out: Path) -> int:
 def _log_summary(summary: PreprocessSummary, out: Path) -> None:
     logger.info(
         "Processed %d photo(s) in %.1f s (%.2f s per photo in its worker); %d already done; %d record(s) in %s.",
-        summary.processed, summary.seconds, summary.seconds_per_photo, summary.already_done, summary.records_in_dataset, out,
+        summary.processed,
+        summary.seconds,
+        summary.seconds_per_photo,
+        summary.already_done,
+        summary.records_in_dataset,
+        out,
     )
     if summary.missing_captions:
         logger.info("%d photo(s) had no caption and got the default one (listed in %s).", summary.missing_captions, out / REPORT_FILE)

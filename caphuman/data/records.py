@@ -130,7 +130,7 @@ class FaceRecord:
         }
 
     @classmethod
-    def from_files(cls, key: str, files: dict[str, bytes]) -> "FaceRecord":
+    def from_files(cls, key: str, files: dict[str, bytes]) -> FaceRecord:
         """Decode the members written by :meth:`to_files` (exact round trip)."""
         missing = [suffix for suffix in RECORD_SUFFIXES if suffix not in files]
         if missing:

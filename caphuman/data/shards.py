@@ -18,9 +18,9 @@ import logging
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from caphuman.data.records import RECORD_SUFFIXES, FaceRecord
 from caphuman.errors import CapHumanError
@@ -269,7 +269,9 @@ class ShardWriter:
         kept = [entry for entry in entries if (entry.shard, entry.key) not in missing]
         logger.warning(
             "%s names %d record(s) that their shards do not hold (e.g. '%s'); removed them from the index, their photos are processed again.",
-            self.root / INDEX_FILE, len(missing), sorted(missing)[0][1],
+            self.root / INDEX_FILE,
+            len(missing),
+            sorted(missing)[0][1],
         )
         lines = "".join(json.dumps(asdict(entry), ensure_ascii=False) + "\n" for entry in kept)
         write_bytes_atomically(self.root / INDEX_FILE, lines.encode("utf-8"))
@@ -348,7 +350,7 @@ class ShardReader:
     def close(self) -> None:
         self._tar.close()
 
-    def __enter__(self) -> "ShardReader":
+    def __enter__(self) -> ShardReader:
         return self
 
     def __exit__(self, *exc_info) -> None:

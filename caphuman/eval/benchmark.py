@@ -21,7 +21,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from caphuman.checks import check_range, check_seed
 from caphuman.config import load_structured
@@ -69,10 +68,10 @@ class HeadCondition:
     """
 
     name: str = ""
-    yaw: Optional[float] = None
-    pitch: Optional[float] = None
-    roll: Optional[float] = None
-    driver: Optional[str] = None
+    yaw: float | None = None
+    pitch: float | None = None
+    roll: float | None = None
+    driver: str | None = None
     modes: str = "position,pose"
 
     def apply(self, reference: HeadParams, driver: HeadParams | None = None) -> HeadParams:
@@ -115,7 +114,7 @@ class BenchmarkSpec:
     conditions: list[HeadCondition] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     default_subject: str = "person"
-    max_identities: Optional[int] = None
+    max_identities: int | None = None
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -221,7 +220,9 @@ def find_identities(folder: str | Path, default_subject: str = "person", limit: 
     for photo in photos:
         identity_id = slugify(photo.stem)
         if identity_id in seen:
-            raise InputImageError(f"Photos '{seen[identity_id].name}' and '{photo.name}' in {folder} map to the same identity id '{identity_id}'; rename one.")
+            raise InputImageError(
+                f"Photos '{seen[identity_id].name}' and '{photo.name}' in {folder} map to the same identity id '{identity_id}'; rename one."
+            )
         seen[identity_id] = photo
         identities.append(Identity(identity_id, photo, str(subjects.get(photo.stem, default_subject))))
     return identities[:limit] if limit is not None else identities

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class ClipAvailability:
     """Whether CLIP metrics run, and the sentence the report shows either way."""
 
-    scorer: "ClipScorer | None"
+    scorer: ClipScorer | None
     note: str
 
 
@@ -66,7 +66,8 @@ class ClipScorer:
         if config.get("model_type") != "clip" or "text_config" not in config:
             return ClipAvailability(
                 None,
-                f"CLIP-T and prompt accuracy skipped: {folder} holds a vision-only model; scoring text needs the full {weights_entry('clip_vision').hf_repo}.",
+                f"CLIP-T and prompt accuracy skipped: {folder} holds a vision-only model; "
+                f"scoring text needs the full {weights_entry('clip_vision').hf_repo}.",
             )
         from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
@@ -91,8 +92,11 @@ class ClipScorer:
         chunks = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(
-                texts[start : start + self.batch_size], padding="max_length", truncation=True,
-                max_length=self.tokenizer.model_max_length, return_tensors="pt",
+                texts[start : start + self.batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=self.tokenizer.model_max_length,
+                return_tensors="pt",
             ).to(self.device)
             chunks.append(_features(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])))
         return _unit(np.concatenate(chunks)) if chunks else np.zeros((0, 0))

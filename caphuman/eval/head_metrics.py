@@ -52,7 +52,7 @@ class HeadErrors:
     estimated_roll: float
 
     @classmethod
-    def missing(cls) -> "HeadErrors":
+    def missing(cls) -> HeadErrors:
         nan = float("nan")
         return cls(nan, nan, nan, nan, nan, nan, nan, nan)
 

@@ -30,6 +30,7 @@ from caphuman.weights.registry import default_location, weights_entry, weights_p
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class IdentityModel:
     """The evaluation recogniser and how the report names it.

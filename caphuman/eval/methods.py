@@ -124,7 +124,6 @@ def register_batch_method(name: str, description: str) -> Callable[[BatchMethodF
     return decorate
 
 
-
 def check_hook_signature(name: str, fn) -> None:
     """A hook is called as ``fn(request, context)``; say so before any model loads, not with a
     TypeError after the first identity was prepared."""

@@ -146,7 +146,9 @@ def markdown_table(summaries: list[dict], notes: ReportNotes) -> str:
     for summary in summaries:
         lines.append(f"| {summary['method']} | " + " | ".join(fmt(summary[key], pattern) for key, _, pattern in TABLE_COLUMNS) + " |")
     lines.append(
-        f"| {PAPER_ROW_LABEL} | " + " | ".join(fmt(PAPER_CAPHUMAN[key], pattern) if key in PAPER_CAPHUMAN else "—" for key, _, pattern in TABLE_COLUMNS) + " |"
+        f"| {PAPER_ROW_LABEL} | "
+        + " | ".join(fmt(PAPER_CAPHUMAN[key], pattern) if key in PAPER_CAPHUMAN else "—" for key, _, pattern in TABLE_COLUMNS)
+        + " |"
     )
     lines += [
         "",
@@ -156,7 +158,8 @@ def markdown_table(summaries: list[dict], notes: ReportNotes) -> str:
         f"- Head RMSEs: coefficients re-estimated with the '{notes.head_prior}' head prior vs the requested ones "
         "(shape; pose = yaw/pitch/roll in radians; expression = expression + jaw; light = 27 SH values). "
         "Units depend on the prior: only the 'deca' prior is comparable with the paper's DECA numbers.",
-        "- pose error: geodesic angle between requested and re-estimated head rotation. diversity: mean 1 - cosine between the faces of one condition's seeds.",
+        "- pose error: geodesic angle between requested and re-estimated head rotation. "
+        "diversity: mean 1 - cosine between the faces of one condition's seeds.",
         "- The paper's row is CapHuman as published on HumanIPHC (FaceNet, DECA); its prompts differ from this benchmark's.",
         "",
     ]
@@ -226,14 +229,19 @@ def plot_method_grid(path: Path, run_dir: Path, identity: Identity, reference: n
                 axes.imshow(np.asarray(Image.open(file).convert("RGB")))
             if row == 0:
                 axes.set_title(condition.name, fontsize=6)
-    figure.suptitle(f"{identity.identity_id}: \"{prompt.render(identity.subject)}\", seed {seed}", fontsize=8)
+    figure.suptitle(f'{identity.identity_id}: "{prompt.render(identity.subject)}", seed {seed}', fontsize=8)
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=100)
 
 
 def write_report(
-    run_dir: str | Path, rows: list[ImageScore], methods: list[str], spec: BenchmarkSpec, identities: list[Identity],
-    references: dict[str, np.ndarray], notes: ReportNotes,
+    run_dir: str | Path,
+    rows: list[ImageScore],
+    methods: list[str],
+    spec: BenchmarkSpec,
+    identities: list[Identity],
+    references: dict[str, np.ndarray],
+    notes: ReportNotes,
 ) -> dict[str, Path]:
     """Write every report file; returns their paths by name."""
     run_dir = Path(run_dir)

@@ -31,9 +31,9 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from caphuman.config import config_to_dict
 from caphuman.errors import ConfigError
@@ -193,7 +193,12 @@ def check_identity_photos(recorded: dict, identities: list[Identity], manifest_p
 
 
 def update_manifest(
-    run_dir: Path, spec: BenchmarkSpec, benchmark_path: str, identities: list[Identity], context: MethodContext, methods: list[MethodSpec],
+    run_dir: Path,
+    spec: BenchmarkSpec,
+    benchmark_path: str,
+    identities: list[Identity],
+    context: MethodContext,
+    methods: list[MethodSpec],
     write: bool = True,
 ) -> dict:
     """Create or extend RUN/manifest.json; refuse settings that differ from those already recorded.
@@ -243,12 +248,23 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def generate(
-    spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, context: MethodContext,
-    batch_size: int = 1, part: Part = WHOLE, progress: bool = False,
+    spec: BenchmarkSpec,
+    identities: list[Identity],
+    methods: list[MethodSpec],
+    run_dir: str | Path,
+    context: MethodContext,
+    batch_size: int = 1,
+    part: Part = WHOLE,
+    progress: bool = False,
 ) -> list[GenerationSummary]:
     """Generate every missing image of ``part``'s blocks (see the module docstring for the layout).
 
@@ -290,8 +306,13 @@ def generate(
                 made = block.method.generate_requests(
                     [
                         GenerationRequest(
-                            identity=unit.identity, prompt=unit.prompt, prompt_text=unit.prompt.render(unit.identity.subject),
-                            condition=unit.condition, seeds=tuple(seeds), height=sampling.height, width=sampling.width,
+                            identity=unit.identity,
+                            prompt=unit.prompt,
+                            prompt_text=unit.prompt.render(unit.identity.subject),
+                            condition=unit.condition,
+                            seeds=tuple(seeds),
+                            height=sampling.height,
+                            width=sampling.width,
                         )
                         for unit, seeds in requests
                     ],
@@ -300,7 +321,7 @@ def generate(
                 images = [image for per_request in made for image in per_request]
                 if len(images) != len(chunk):
                     raise RuntimeError(f"method '{block.method.name}' returned {len(images)} images for {len(chunk)} seeds")
-                for image, path in zip(images, paths):
+                for image, path in zip(images, paths, strict=True):
                     save_image_atomically(image, path)
                 count[0] += len(chunk)
                 bar.update(len(chunk))

@@ -150,7 +150,7 @@ class Scorer:
             correct = prompt_hits(image_embeds, prompts, [index] * len(images)).astype(float).tolist()
 
         rows, embeddings = [], []
-        for position, (seed, image) in enumerate(zip(seeds, images)):
+        for position, (seed, image) in enumerate(zip(seeds, images, strict=True)):
             faces = self.context.detector.detect(np.ascontiguousarray(image))
             similarity, errors = math.nan, HeadErrors.missing()
             if faces:
@@ -162,12 +162,23 @@ class Scorer:
                     errors = head_errors(requested, estimate)
             rows.append(
                 ImageScore(
-                    method=method, identity=identity.identity_id, prompt_id=unit.prompt.prompt_id,
-                    prompt=unit.prompt.render(identity.subject), category=unit.prompt.category, condition=condition.name,
-                    requested_yaw=float(requested_angles[0]), requested_pitch=float(requested_angles[1]), requested_roll=float(requested_angles[2]),
-                    seed=int(seed), path=str(paths[seed].relative_to(run_dir)), face_detected=int(bool(faces)),
-                    id_similarity=similarity, clip_t=float(clip_t[position]), prompt_correct=float(correct[position]),
-                    **asdict(errors), diversity=math.nan,
+                    method=method,
+                    identity=identity.identity_id,
+                    prompt_id=unit.prompt.prompt_id,
+                    prompt=unit.prompt.render(identity.subject),
+                    category=unit.prompt.category,
+                    condition=condition.name,
+                    requested_yaw=float(requested_angles[0]),
+                    requested_pitch=float(requested_angles[1]),
+                    requested_roll=float(requested_angles[2]),
+                    seed=int(seed),
+                    path=str(paths[seed].relative_to(run_dir)),
+                    face_detected=int(bool(faces)),
+                    id_similarity=similarity,
+                    clip_t=float(clip_t[position]),
+                    prompt_correct=float(correct[position]),
+                    **asdict(errors),
+                    diversity=math.nan,
                 )
             )
         diversity = pairwise_identity_distance(embeddings) if len(embeddings) >= 2 else math.nan
@@ -197,8 +208,13 @@ def cache_files(run_dir: Path, method: str) -> list[Path]:
 
 
 def score_run(
-    spec: BenchmarkSpec, identities: list[Identity], methods: list[MethodSpec], run_dir: str | Path, scorer: Scorer,
-    part: Part = WHOLE, owned: set[tuple[str, str]] | None = None,
+    spec: BenchmarkSpec,
+    identities: list[Identity],
+    methods: list[MethodSpec],
+    run_dir: str | Path,
+    scorer: Scorer,
+    part: Part = WHOLE,
+    owned: set[tuple[str, str]] | None = None,
 ) -> tuple[list[ImageScore], dict[str, int]]:
     """Score every generated image of ``methods`` (cached units are reused).
 

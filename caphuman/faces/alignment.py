@@ -113,9 +113,7 @@ def warp_image(
         # The warp now reads the reduced image: x_original = x_reduced * (width / reduced_w).
         # cv2.resize maps pixel centres as (x + 0.5) * factor - 0.5.
         factor_x, factor_y = width / reduced_w, height / reduced_h
-        reduced_to_original = np.array(
-            [[factor_x, 0.0, 0.5 * factor_x - 0.5], [0.0, factor_y, 0.5 * factor_y - 0.5], [0.0, 0.0, 1.0]]
-        )
+        reduced_to_original = np.array([[factor_x, 0.0, 0.5 * factor_x - 0.5], [0.0, factor_y, 0.5 * factor_y - 0.5], [0.0, 0.0, 1.0]])
         transform = transform @ reduced_to_original
     return cv2.warpAffine(
         source,

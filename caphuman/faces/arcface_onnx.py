@@ -124,9 +124,7 @@ class ArcFaceOnnxRecognizer(FaceRecognizer):
             session = onnxruntime.InferenceSession(str(path), providers=_onnx_providers(device))
             normalisation = detect_pixel_normalisation(path)
         except Exception as error:  # onnxruntime raises its own exception types
-            raise CapHumanError(
-                f"Could not open the ArcFace ONNX model '{path}': {error}"
-            ) from error
+            raise CapHumanError(f"Could not open the ArcFace ONNX model '{path}': {error}") from error
         logger.info("Loaded ArcFace ONNX model %s (input normalisation %s)", path, normalisation)
         return cls(session, normalisation)
 
@@ -135,9 +133,7 @@ class ArcFaceOnnxRecognizer(FaceRecognizer):
         height, width = self.input_size
         for index, crop in enumerate(crops):
             if crop.shape != (height, width, 3) or crop.dtype != np.uint8:
-                raise ValueError(
-                    f"ArcFace crop {index} is {crop.shape} {crop.dtype}; expected ({height}, {width}, 3) uint8."
-                )
+                raise ValueError(f"ArcFace crop {index} is {crop.shape} {crop.dtype}; expected ({height}, {width}, 3) uint8.")
         batch = np.stack(crops).astype(np.float32).transpose(0, 3, 1, 2)
         return np.ascontiguousarray((batch - self.normalisation.mean) / self.normalisation.std)
 

@@ -50,9 +50,7 @@ class ConvBNReLU(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,9 +225,7 @@ class FaceParser:
         antialiases when shrinking, unlike OpenCV's INTER_LINEAR).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"Face parsing needs an RGB uint8 (H, W, 3) image, got {image.shape} {image.dtype}."
-            )
+            raise ValueError(f"Face parsing needs an RGB uint8 (H, W, 3) image, got {image.shape} {image.dtype}.")
         if native_size:
             resized = image
         else:

@@ -198,9 +198,7 @@ class FaceDetector:
             box = _landmark_box(landmarks, width, height)
             # The crop may contain a neighbouring face; keep the mesh only if it is this
             # detection's and not a face already found.
-            if _box_center_inside(detection_box, box) and not any(
-                _box_center_inside(box, face.box) for face in faces
-            ):
+            if _box_center_inside(detection_box, box) and not any(_box_center_inside(box, face.box) for face in faces):
                 faces.append(DetectedFace(box=box, score=detection_score, landmarks=landmarks))
 
         faces.sort(key=lambda face: face.area, reverse=True)
@@ -278,8 +276,7 @@ class FaceDetector:
             normalised = np.array([(p.x, p.y, p.z) for p in face_landmarks.landmark], dtype=np.float64)
             if normalised.shape[0] != NUM_MESH_POINTS:
                 raise RuntimeError(
-                    f"mediapipe returned {normalised.shape[0]} mesh points, expected {NUM_MESH_POINTS} "
-                    "(refine_landmarks=True needs mediapipe 0.10.x)"
+                    f"mediapipe returned {normalised.shape[0]} mesh points, expected {NUM_MESH_POINTS} (refine_landmarks=True needs mediapipe 0.10.x)"
                 )
             # mediapipe normalises x by width, y by height and z by width (same scale as x).
             pixels = normalised * np.array([width, height, width])
@@ -296,9 +293,7 @@ class FaceDetector:
         center_x, center_y = (x0 + x1) / 2.0, (y0 + y1) / 2.0
         # crop = scale * (image - (center - side / 2)); the mesh's points come back through the
         # inverse of this map.
-        to_crop = np.array(
-            [[scale, 0.0, -scale * (center_x - side / 2.0)], [0.0, scale, -scale * (center_y - side / 2.0)]]
-        )
+        to_crop = np.array([[scale, 0.0, -scale * (center_x - side / 2.0)], [0.0, scale, -scale * (center_y - side / 2.0)]])
         interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
         crop = cv2.warpAffine(
             image,

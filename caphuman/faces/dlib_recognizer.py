@@ -84,9 +84,7 @@ class DlibRecognizer(FaceRecognizer):
         self.num_jitters = num_jitters
         folder = Path(models_dir) if models_dir is not None else find_models_dir()
         recognition_path = self._required_file(folder, RECOGNITION_MODEL_FILE, "dlib face recognition model")
-        predictor_path = self._required_file(
-            folder, SHAPE_PREDICTOR_FILES[landmark_points], f"dlib {landmark_points}-point shape predictor"
-        )
+        predictor_path = self._required_file(folder, SHAPE_PREDICTOR_FILES[landmark_points], f"dlib {landmark_points}-point shape predictor")
         self._shape_predictor = dlib.shape_predictor(str(predictor_path))
         self._resnet = dlib.face_recognition_model_v1(str(recognition_path))
         logger.debug("Loaded dlib recogniser from %s", recognition_path.parent)
@@ -138,10 +136,7 @@ class DlibRecognizer(FaceRecognizer):
         for index, crop in enumerate(crops):
             crop = np.asarray(crop)
             if crop.shape != (CHIP_SIZE, CHIP_SIZE, 3) or crop.dtype != np.uint8:
-                raise ValueError(
-                    f"crop {index} must be a ({CHIP_SIZE}, {CHIP_SIZE}, 3) uint8 dlib chip, "
-                    f"got {crop.shape} {crop.dtype}"
-                )
+                raise ValueError(f"crop {index} must be a ({CHIP_SIZE}, {CHIP_SIZE}, 3) uint8 dlib chip, got {crop.shape} {crop.dtype}")
             chips.append(np.ascontiguousarray(crop))
         descriptors = self._resnet.compute_face_descriptor(chips, self.num_jitters)
         return torch.tensor(np.array([np.asarray(d) for d in descriptors]), dtype=torch.float32)

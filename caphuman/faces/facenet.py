@@ -54,9 +54,7 @@ def prewhiten(crops: Sequence[np.ndarray], size: int = FACENET_INPUT_SIZE) -> to
     """RGB uint8 crops (size, size, 3) -> (N, 3, size, size) float32, (x - 127.5) / 128."""
     for index, crop in enumerate(crops):
         if crop.shape != (size, size, 3) or crop.dtype != np.uint8:
-            raise ValueError(
-                f"FaceNet crop {index} is {crop.shape} {crop.dtype}; expected ({size}, {size}, 3) uint8."
-            )
+            raise ValueError(f"FaceNet crop {index} is {crop.shape} {crop.dtype}; expected ({size}, {size}, 3) uint8.")
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()
     return (batch - 127.5) / 128.0
 

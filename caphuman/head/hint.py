@@ -35,9 +35,7 @@ class HeadHint:
     mask: torch.Tensor
 
 
-def render_hint(
-    prior: HeadPrior, params: HeadParams, image_size: int = 512, renderer: MeshRenderer | None = None
-) -> HeadHint:
+def render_hint(prior: HeadPrior, params: HeadParams, image_size: int = 512, renderer: MeshRenderer | None = None) -> HeadHint:
     """Render the 9-channel hint of ``params`` with the prior that made them.
 
     Args:

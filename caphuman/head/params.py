@@ -48,15 +48,11 @@ class HeadParams:
     lighting: torch.Tensor
     backend: str
 
-    def clone(self) -> "HeadParams":
-        return dataclasses.replace(
-            self, **{f.name: getattr(self, f.name).clone() for f in dataclasses.fields(self) if f.name != "backend"}
-        )
+    def clone(self) -> HeadParams:
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).clone() for f in dataclasses.fields(self) if f.name != "backend"})
 
-    def to(self, device: torch.device | str) -> "HeadParams":
-        return dataclasses.replace(
-            self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if f.name != "backend"}
-        )
+    def to(self, device: torch.device | str) -> HeadParams:
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if f.name != "backend"})
 
 
 def parse_modes(modes: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -79,9 +75,7 @@ def transfer(reference: HeadParams, driver: HeadParams, modes: str | list[str] |
     - all: all of the above
     """
     if reference.backend != driver.backend:
-        raise CapHumanError(
-            f"Cannot transfer between head priors '{reference.backend}' and '{driver.backend}'; reconstruct both with one prior."
-        )
+        raise CapHumanError(f"Cannot transfer between head priors '{reference.backend}' and '{driver.backend}'; reconstruct both with one prior.")
     chosen = set(parse_modes(modes))
     if "all" in chosen:
         chosen = {"position", "pose", "expression", "lighting"}

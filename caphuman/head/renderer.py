@@ -328,15 +328,13 @@ class MeshRenderer:
             chunk_starts.append(max(stop, start + 1))
         logger.debug("Rasterising %d triangles, %d candidate pixels, %d chunk(s).", len(ends_cpu), total, len(chunk_starts) - 1)
 
-        for start, stop in zip(chunk_starts[:-1], chunk_starts[1:]):
+        for start, stop in zip(chunk_starts[:-1], chunk_starts[1:], strict=False):
             chunk = candidates[start:stop]
             chunk_counts = counts[start:stop]
             chunk_offsets = ends[start:stop] - chunk_counts
             # The pair count comes from the CPU copy so that CUDA needs no synchronisation here.
             pair_count = int(ends_cpu[stop - 1]) - (int(ends_cpu[start - 1]) if start > 0 else 0)
-            pair_triangle = torch.repeat_interleave(
-                torch.arange(stop - start, device=device), chunk_counts, output_size=pair_count
-            )
+            pair_triangle = torch.repeat_interleave(torch.arange(stop - start, device=device), chunk_counts, output_size=pair_count)
             within_box = torch.arange(pair_triangle.shape[0], device=device) + chunk_offsets[0] - chunk_offsets[pair_triangle]
             box = boxes[start:stop][pair_triangle]
             column = box[:, 0] + within_box % box[:, 2]
@@ -385,9 +383,7 @@ class MeshRenderer:
         return planes, valid
 
     @staticmethod
-    def _evaluate_planes(
-        planes: torch.Tensor, centre_u: torch.Tensor, centre_v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _evaluate_planes(planes: torch.Tensor, centre_u: torch.Tensor, centre_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(P, 9) planes of :meth:`_barycentric_planes` at (P,) points -> w0, w1, z, each (P,)."""
         du = centre_u - planes[:, 7]
         dv = centre_v - planes[:, 8]

@@ -68,9 +68,7 @@ def sh_basis(normals: torch.Tensor) -> torch.Tensor:
     if normals.shape[-1] != 3:
         raise ValueError(f"sh_basis expects normals of shape (..., 3), got {tuple(normals.shape)}.")
     x, y, z = normals.unbind(-1)
-    polynomials = torch.stack(
-        [torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * z * z - 1.0], dim=-1
-    )
+    polynomials = torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * z * z - 1.0], dim=-1)
     constants = torch.tensor(SH_CONSTANTS, dtype=normals.dtype, device=normals.device)
     return polynomials * constants
 
@@ -123,8 +121,7 @@ def fit_sh_lighting(
     """
     if normals.ndim != 2 or normals.shape[1] != 3 or intensities.shape != normals.shape:
         raise ValueError(
-            f"fit_sh_lighting expects normals and intensities of shape (N, 3), got {tuple(normals.shape)} and "
-            f"{tuple(intensities.shape)}."
+            f"fit_sh_lighting expects normals and intensities of shape (N, 3), got {tuple(normals.shape)} and {tuple(intensities.shape)}."
         )
     if albedo is not None and albedo.shape != normals.shape:
         raise ValueError(f"fit_sh_lighting expects albedo of shape {tuple(normals.shape)}, got {tuple(albedo.shape)}.")

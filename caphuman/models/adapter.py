@@ -65,9 +65,7 @@ class CapHumanAdapter(nn.Module):
         self.identity_encoder = identity_encoder
 
     @classmethod
-    def from_unet(
-        cls, unet: UNet2DConditionModel, face_embedding_dim: int, clip_embedding_dim: int, seed: int | None = None
-    ) -> "CapHumanAdapter":
+    def from_unet(cls, unet: UNet2DConditionModel, face_embedding_dim: int, clip_embedding_dim: int, seed: int | None = None) -> CapHumanAdapter:
         """A fresh adapter: CapFace copies the UNet encoder (zero convs: no effect yet)."""
         state = torch.random.get_rng_state()
         if seed is not None:
@@ -138,7 +136,7 @@ class CapHumanAdapter(nn.Module):
                 shutil.rmtree(staging, ignore_errors=True)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "CapHumanAdapter":
+    def from_pretrained(cls, directory: str | os.PathLike) -> CapHumanAdapter:
         """Load an adapter directory (see module docstring)."""
         directory = Path(directory)
         metadata_path = directory / METADATA_FILE
@@ -150,10 +148,12 @@ class CapHumanAdapter(nn.Module):
             )
         info = json.loads(metadata_path.read_text(encoding="utf-8"))
         if info.get("format_version") != ADAPTER_FORMAT_VERSION:
-            raise CapHumanError(f"{metadata_path} has format version {info.get('format_version')}; this caphuman reads version {ADAPTER_FORMAT_VERSION}.")
+            raise CapHumanError(
+                f"{metadata_path} has format version {info.get('format_version')}; this caphuman reads version {ADAPTER_FORMAT_VERSION}."
+            )
         try:
             capface = CapFaceModel.from_pretrained(directory / "capface")
             identity_encoder = IdentityEncoder.from_pretrained(directory / "identity_encoder")
-        except (OSError, EnvironmentError) as error:
+        except OSError as error:
             raise CapHumanError(f"Cannot read the CapHuman weights in '{directory}': {error}") from None
         return cls(capface, identity_encoder)

@@ -30,7 +30,7 @@ class Backbone:
             "image_encoder": self.image_encoder,
         }
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         for module in self.modules().values():
             module.requires_grad_(False)
             module.eval()

@@ -59,9 +59,7 @@ def original_controlnet_state_dict(controlnet: ControlNetModel) -> dict[str, tor
     return {LDM_CONTROLNET_PREFIX + key: value for key, value in ldm_controlnet_state_dict(controlnet).items()}
 
 
-def load_body_controlnet(
-    path: str | Path, unet_config: Mapping[str, Any] | None = None, dtype: torch.dtype = torch.float32
-) -> ControlNetModel:
+def load_body_controlnet(path: str | Path, unet_config: Mapping[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> ControlNetModel:
     """The OpenPose ControlNet from a diffusers folder or an original single file (eval mode).
 
     Args:

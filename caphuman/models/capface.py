@@ -78,9 +78,7 @@ class CapFaceOutput(BaseOutput):
     mid_block_res_sample: torch.Tensor
     face_mask: torch.Tensor
 
-    def gated_residuals(
-        self, strength: float = 1.0, mask_gating: bool = True
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def gated_residuals(self, strength: float = 1.0, mask_gating: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Residuals ready for the UNet: times ``strength`` and, when gating, times (mask > 0.5).
 
         As in the published model, the mask is first resized to each residual's resolution with
@@ -122,7 +120,7 @@ class CapFaceModel(ControlNetModel):
     __init__.__signature__ = inspect.signature(ControlNetModel.__init__)
 
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, load_weights_from_unet: bool = True, **kwargs) -> "CapFaceModel":
+    def from_unet(cls, unet: UNet2DConditionModel, load_weights_from_unet: bool = True, **kwargs) -> CapFaceModel:
         """Copy the UNet's encoder + middle block (and config) with a 9-channel hint stem."""
         kwargs.setdefault("conditioning_channels", HINT_CHANNELS)
         return super().from_unet(unet, load_weights_from_unet=load_weights_from_unet, **kwargs)
@@ -184,6 +182,6 @@ class CapFaceModel(ControlNetModel):
         else:
             hidden = self.mid_block(hidden, embedding)
 
-        down_residuals = tuple(zero_conv(skip) for skip, zero_conv in zip(skips, self.controlnet_down_blocks))
+        down_residuals = tuple(zero_conv(skip) for skip, zero_conv in zip(skips, self.controlnet_down_blocks, strict=True))
         mid_residual = self.controlnet_mid_block(hidden)
         return CapFaceOutput(down_block_res_samples=down_residuals, mid_block_res_sample=mid_residual, face_mask=face_mask)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -162,7 +163,11 @@ class ValidationSamplesCallback(pl.Callback):
                 for prompt in validation.prompts:
                     generator = torch.Generator(device="cpu").manual_seed(validation.seed)
                     images = pipe(
-                        [prompt] * hint.shape[0], hint, identity=identity, generator=generator, output_type="pt",
+                        [prompt] * hint.shape[0],
+                        hint,
+                        identity=identity,
+                        generator=generator,
+                        output_type="pt",
                         **sampling.pipeline_kwargs(),
                     ).images
                     rows.append(images.float())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 from caphuman.config import (
     ATTENTION_BACKENDS,
@@ -138,7 +137,7 @@ class TrainingConfig:
     # Weights folder the backbone (and model.caphuman, when set) are read from.
     weights_dir: str = "checkpoints"
     # null: a fresh run; "last": <output_dir>/checkpoints/last.ckpt; or a checkpoint path.
-    resume: Optional[str] = None
+    resume: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("training.precision", self.precision, PRECISIONS)

@@ -33,9 +33,7 @@ SAMPLE_CONFIG_FILE = "sample_config.yaml"
 EMA_CALLBACK_NAME = "EMACallback"
 
 
-def export_adapter(
-    adapter: CapHumanAdapter, directory: str | os.PathLike, config: TrainConfig, metadata: dict[str, Any] | None = None
-) -> Path:
+def export_adapter(adapter: CapHumanAdapter, directory: str | os.PathLike, config: TrainConfig, metadata: dict[str, Any] | None = None) -> Path:
     """Save ``adapter`` (as it is now) to ``directory`` with a ready sample config; returns the directory."""
     directory = Path(directory)
     adapter.save_pretrained(directory, metadata={"source": "caphuman train", **(metadata or {})})
@@ -75,10 +73,8 @@ def adapter_from_checkpoint(checkpoint_path: str | os.PathLike, use_ema: bool | 
         raise CapHumanError(f"'{path}' is not a checkpoint written by `caphuman train` (no adapter config in it).")
     configs = checkpoint[CHECKPOINT_ADAPTER_CONFIG_KEY]
     adapter = CapHumanAdapter(CapFaceModel.from_config(configs["capface"]), IdentityEncoder.from_config(configs["identity_encoder"]))
-    state = {key[len(ADAPTER_PREFIX):]: value for key, value in checkpoint["state_dict"].items() if key.startswith(ADAPTER_PREFIX)}
-    ema_state = next(
-        (value for key, value in checkpoint.get("callbacks", {}).items() if key.startswith(EMA_CALLBACK_NAME)), None
-    )
+    state = {key[len(ADAPTER_PREFIX) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(ADAPTER_PREFIX)}
+    ema_state = next((value for key, value in checkpoint.get("callbacks", {}).items() if key.startswith(EMA_CALLBACK_NAME)), None)
     if use_ema and ema_state is None:
         raise CapHumanError(f"'{path}' has no EMA weights (training.ema.enabled was off).")
     take_ema = ema_state is not None and use_ema is not False
@@ -88,9 +84,7 @@ def adapter_from_checkpoint(checkpoint_path: str | os.PathLike, use_ema: bool | 
     return adapter, {"global_step": int(checkpoint.get("global_step", 0)), "ema": take_ema}
 
 
-def export_checkpoint(
-    checkpoint_path: str | os.PathLike, directory: str | os.PathLike, config: TrainConfig, use_ema: bool | None = None
-) -> Path:
+def export_checkpoint(checkpoint_path: str | os.PathLike, directory: str | os.PathLike, config: TrainConfig, use_ema: bool | None = None) -> Path:
     """Export a training checkpoint's adapter (EMA weights when present) to ``directory``."""
     adapter, facts = adapter_from_checkpoint(checkpoint_path, use_ema)
     return export_adapter(adapter, directory, config, metadata={**facts, "checkpoint": str(Path(checkpoint_path).name)})

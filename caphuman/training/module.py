@@ -28,8 +28,9 @@ gradients of one process with batch W * B on the same records.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -119,7 +120,7 @@ class StreamLayout:
     num_workers: int
     world_size: int
 
-    def differences(self, other: "StreamLayout") -> list[str]:
+    def differences(self, other: StreamLayout) -> list[str]:
         return [
             f"{name} {getattr(other, name)} -> {getattr(self, name)}"
             for name in ("batch_size", "num_workers", "world_size")
@@ -208,9 +209,7 @@ class CapHumanTrainingModule(pl.LightningModule):
         batches: the training batch stream (built by the train command); None for loss-only use.
     """
 
-    def __init__(
-        self, config: TrainConfig, backbone: Backbone, adapter: CapHumanAdapter, batches: ResumableBatches | None = None
-    ):
+    def __init__(self, config: TrainConfig, backbone: Backbone, adapter: CapHumanAdapter, batches: ResumableBatches | None = None):
         super().__init__()
         self.config = config
         self.save_hyperparameters({"config": config_to_dict(config)})
@@ -240,7 +239,7 @@ class CapHumanTrainingModule(pl.LightningModule):
             self.unet.enable_gradient_checkpointing()
 
     # ---- modes and devices ----------------------------------------------------------------
-    def train(self, mode: bool = True) -> "CapHumanTrainingModule":
+    def train(self, mode: bool = True) -> CapHumanTrainingModule:
         """Lightning switches every submodule to train mode; the frozen backbone stays in eval."""
         super().train(mode)
         for name in FROZEN_MODULES:
@@ -350,9 +349,7 @@ class CapHumanTrainingModule(pl.LightningModule):
         """Keep only the trained adapter (the frozen backbone comes from its own files), the data
         stream's layout (to warn when a resume changes it) and the adapter's architecture, so
         that a checkpoint exports alone. The data position is the global step itself."""
-        checkpoint["state_dict"] = {
-            key: value for key, value in checkpoint["state_dict"].items() if key.startswith(ADAPTER_PREFIX)
-        }
+        checkpoint["state_dict"] = {key: value for key, value in checkpoint["state_dict"].items() if key.startswith(ADAPTER_PREFIX)}
         if self.batches is not None:
             checkpoint[CHECKPOINT_DATA_KEY] = asdict(self.batches.layout())
         checkpoint[CHECKPOINT_ADAPTER_CONFIG_KEY] = {
@@ -367,8 +364,8 @@ class CapHumanTrainingModule(pl.LightningModule):
         changed = self.batches.layout().differences(StreamLayout(**saved))
         if changed:
             logger.warning(
-                "Resuming with a different data layout (%s): training continues, but not with the batches an "
-                "uninterrupted run would have seen.", ", ".join(changed),
+                "Resuming with a different data layout (%s): training continues, but not with the batches an uninterrupted run would have seen.",
+                ", ".join(changed),
             )
 
 

@@ -264,9 +264,7 @@ def capability_status(entries: Mapping[str, WeightEntry], checks: Mapping[str, F
     statuses = []
     for name, description in CAPABILITIES.items():
         blocking = tuple(
-            entry.name
-            for entry in entries.values()
-            if name in entry.needed_by and checks[entry.name].status not in (STATUS_PRESENT, STATUS_UNUSED)
+            entry.name for entry in entries.values() if name in entry.needed_by and checks[entry.name].status not in (STATUS_PRESENT, STATUS_UNUSED)
         )
         statuses.append(CapabilityStatus(name, description, not blocking, blocking))
     return statuses

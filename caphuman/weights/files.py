@@ -44,6 +44,7 @@ TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".tar", ".bin")
 # What nn.DataParallel puts before every key; re-saved checkpoints often keep it.
 DATA_PARALLEL_PREFIX = "module."
 
+
 @dataclass(frozen=True)
 class TensorInfo:
     """A safetensors header entry: dtype name, shape and byte range within the data section."""
@@ -89,9 +90,7 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
         if tensor.dtype not in SAFETENSORS_DTYPES:
             raise CapHumanError(f"'{path}' stores '{name}' as {tensor.dtype}, which is not supported.")
         if tensor.end > data_size or tensor.begin > tensor.end:
-            raise CapHumanError(
-                f"'{path}' is truncated or damaged: tensor '{name}' ends at byte {tensor.end} of a {data_size}-byte data section."
-            )
+            raise CapHumanError(f"'{path}' is truncated or damaged: tensor '{name}' ends at byte {tensor.end} of a {data_size}-byte data section.")
         tensors[name] = tensor
     return SafetensorsHeader(tensors=tensors, data_start=8 + length, metadata=dict(metadata))
 
@@ -122,7 +121,7 @@ def conversion_hint(path: Path) -> str:
     """How to turn a pickle that weights_only refuses into safetensors (only for trusted files)."""
     target = path.with_suffix(".safetensors")
     return (
-        "if you trust this file, convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
+        'if you trust this file, convert it once to safetensors: python -c "import torch, safetensors.torch as st; '
         f"sd = torch.load('{path}', map_location='cpu', weights_only=False); sd = sd.get('state_dict', sd); "
         f"st.save_file({{k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}}, '{target}')\" "
         "and point the config at the .safetensors file"

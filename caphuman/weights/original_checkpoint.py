@@ -199,8 +199,16 @@ def convert_original_state_dict(
     inside_encoder = len("identity_encoder.")
     identity_state = {ours[inside_encoder:] + key: value for ours, tensors in projections.items() for key, value in tensors.items()}
 
-    capface_names = dict(zip(capface.state_dict(), (LDM_CONTROLNET_PREFIX + name for name in ldm_names)))
-    load_checked(capface, capface_state, path, "CapFace (control_model.)", ignore_unexpected=True, name_in_file=_names_in_file(capface_names), dtype=torch.float32)
+    capface_names = dict(zip(capface.state_dict(), (LDM_CONTROLNET_PREFIX + name for name in ldm_names), strict=True))
+    load_checked(
+        capface,
+        capface_state,
+        path,
+        "CapFace (control_model.)",
+        ignore_unexpected=True,
+        name_in_file=_names_in_file(capface_names),
+        dtype=torch.float32,
+    )
     load_checked(
         identity_encoder,
         identity_state,
@@ -214,9 +222,7 @@ def convert_original_state_dict(
     return CapHumanAdapter(capface, identity_encoder), report
 
 
-def convert_original_checkpoint(
-    source: str | os.PathLike, out_dir: str | os.PathLike, capface_config: Mapping | None = None
-) -> ConversionReport:
+def convert_original_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, capface_config: Mapping | None = None) -> ConversionReport:
     """caphuman.ckpt (or a .safetensors of the same keys) -> an adapter folder at ``out_dir``.
 
     Read with ``weights_only=True``; written atomically with CapHumanAdapter.save_pretrained.

@@ -74,10 +74,7 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, WeightEntr
         try:
             entries[name] = WeightEntry(
                 name=name,
-                **{
-                    key: tuple(value) if key in ("needed_by", "hf_files", "alternative_paths") else value
-                    for key, value in fields.items()
-                },
+                **{key: tuple(value) if key in ("needed_by", "hf_files", "alternative_paths") else value for key, value in fields.items()},
             )
         except TypeError as error:
             raise CapHumanError(f"Manifest '{path}' entry '{name}' is incomplete ({error}).") from None

@@ -71,7 +71,7 @@ class SDArchitecture:
     text_encoder: Mapping[str, Any] = field(default_factory=lambda: dict(SD15_TEXT_ENCODER))
 
     @classmethod
-    def from_models(cls, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel) -> "SDArchitecture":
+    def from_models(cls, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel) -> SDArchitecture:
         return cls(unet=dict(unet.config), vae=dict(vae.config), text_encoder=text_encoder.config.to_dict())
 
 

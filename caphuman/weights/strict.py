@@ -101,7 +101,9 @@ def load_checked(
     check_state_dict(expected_shapes(module), state, path, what, may_lack, ignore_unexpected, name_in_file)
     used = {key: value for key, value in state.items() if key in expected}
     if len(used) < len(state):
-        logger.debug("Ignoring %d entries of %s that %s does not use, e.g. %s", len(state) - len(used), path, what, sorted(set(state) - set(used))[:3])
+        logger.debug(
+            "Ignoring %d entries of %s that %s does not use, e.g. %s", len(state) - len(used), path, what, sorted(set(state) - set(used))[:3]
+        )
     if dtype is not None:
         # .to() returns the same tensor when it already has the dtype.
         used = {key: value.to(dtype) if value.is_floating_point() else value for key, value in used.items()}

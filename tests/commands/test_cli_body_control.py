@@ -40,10 +40,22 @@ def files(tmp_path_factory, tiny_backbone) -> dict[str, Path]:
 
 
 def sample(files, out: Path, *extra: str) -> int:
-    return main([
-        "sample", "--config", TINY, "--ref", str(files["photo"]), "--prompt", "a person", "--steps", "2",
-        "--out", str(out), *extra,
-    ])
+    return main(
+        [
+            "sample",
+            "--config",
+            TINY,
+            "--ref",
+            str(files["photo"]),
+            "--prompt",
+            "a person",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_body_control_draws_saves_and_uses_the_map(files, tmp_path):
@@ -62,8 +74,19 @@ def test_body_control_draws_saves_and_uses_the_map(files, tmp_path):
 
 
 def test_ready_made_map_is_used_as_given(files, tmp_path):
-    assert sample(files, tmp_path / "ready", "--body-controlnet", str(files["controlnet"]), "--body-control-strength", "0.5",
-                  "--body-map", str(files["map"])) == 0
+    assert (
+        sample(
+            files,
+            tmp_path / "ready",
+            "--body-controlnet",
+            str(files["controlnet"]),
+            "--body-control-strength",
+            "0.5",
+            "--body-map",
+            str(files["map"]),
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "ready" / "body_map.png")), np.asarray(Image.open(files["map"])))
 
 

@@ -37,11 +37,29 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 def test_sample_writes_images_hint_and_settings(photos, tmp_path):
     out = tmp_path / "run"
-    code = main([
-        "sample", "--config", TINY, "--ref", str(photos["face"]), "--pose-ref", str(photos["flipped"]),
-        "--modes", "pose", "--prompt", "a photo of a person, on the beach", "--num-images", "2", "--steps", "2",
-        "--seed", "3", "--out", str(out),
-    ])
+    code = main(
+        [
+            "sample",
+            "--config",
+            TINY,
+            "--ref",
+            str(photos["face"]),
+            "--pose-ref",
+            str(photos["flipped"]),
+            "--modes",
+            "pose",
+            "--prompt",
+            "a photo of a person, on the beach",
+            "--num-images",
+            "2",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     images = sorted(out.glob("image_*.png"))
     assert [p.name for p in images] == ["image_000.png", "image_001.png"]
@@ -58,8 +76,26 @@ def test_explicit_yaw_moves_the_rendered_head(photos, tmp_path):
     hints = []
     for yaw in (-40, 40):
         out = tmp_path / f"yaw{yaw}"
-        assert main(["sample", "--config", TINY, "--ref", str(photos["face"]), "--prompt", "a person", "--yaw", str(yaw),
-                     "--steps", "1", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--config",
+                    TINY,
+                    "--ref",
+                    str(photos["face"]),
+                    "--prompt",
+                    "a person",
+                    "--yaw",
+                    str(yaw),
+                    "--steps",
+                    "1",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         hints.append(np.asarray(Image.open(out / "hint.png")).astype(float))
         assert yaml.safe_load((out / "config.yaml").read_text())["run"]["head_rotation_degrees"][0] == pytest.approx(yaw)
     assert np.abs(hints[0] - hints[1]).mean() > 1.0
@@ -73,7 +109,9 @@ def test_bad_inputs_exit_2_with_one_sentence(photos, tmp_path, which, message):
     path = str(tmp_path / "missing.png") if which == "missing" else str(photos[which])
     result = subprocess.run(
         [sys.executable, "-m", "caphuman.cli", "sample", "--config", TINY, "--ref", path, "--prompt", "x", "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert message in result.stderr
@@ -82,5 +120,23 @@ def test_bad_inputs_exit_2_with_one_sentence(photos, tmp_path, which, message):
 
 
 def test_unknown_mode_is_a_user_error(photos, tmp_path):
-    assert main(["sample", "--config", TINY, "--ref", str(photos["face"]), "--pose-ref", str(photos["flipped"]),
-                 "--modes", "pose,hairstyle", "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--config",
+                TINY,
+                "--ref",
+                str(photos["face"]),
+                "--pose-ref",
+                str(photos["flipped"]),
+                "--modes",
+                "pose,hairstyle",
+                "--prompt",
+                "x",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.synthetic import empty_head_params
 import torch
 from torch.utils.data import DataLoader
 
@@ -17,6 +16,7 @@ from caphuman.data.records import FaceRecord, record_key
 from caphuman.data.shards import ShardReader, ShardWriter, read_index
 from caphuman.errors import ConfigError
 from caphuman.models.backbone import clip_image_processor
+from tests.synthetic import empty_head_params
 
 STORED_SIZE = 32
 NUM_RECORDS = 23
@@ -72,8 +72,18 @@ def test_samples_have_the_documented_keys_shapes_and_values(root, stored):
     assert [sample["key"] for sample in samples] == [entry.key for entry in read_index(root)]
     sample = samples[0]
     record = stored[sample["key"]]
-    assert set(sample) == {"pixel_values", "clip_pixel_values", "face_embeds", "face_mask", "hint", "caption",
-                           "drop_text", "drop_identity", "drop_hint", "key"}
+    assert set(sample) == {
+        "pixel_values",
+        "clip_pixel_values",
+        "face_embeds",
+        "face_mask",
+        "hint",
+        "caption",
+        "drop_text",
+        "drop_identity",
+        "drop_hint",
+        "key",
+    }
     assert sample["pixel_values"].shape == (3, STORED_SIZE, STORED_SIZE) and sample["pixel_values"].dtype == torch.float32
     expected_pixels = torch.from_numpy(record.image).permute(2, 0, 1).float() / 127.5 - 1.0
     torch.testing.assert_close(sample["pixel_values"], expected_pixels)
@@ -118,7 +128,7 @@ def test_dropout_rates_hold_and_zero_the_dropped_conditions():
 def test_dropped_conditions_are_zeroed_and_flagged(root, stored):
     dataset = CapHumanDataset(root, image_size=STORED_SIZE, dropout=ConditionDropout(0.5, 0.5, 0.5), seed=3, repeat=True)
     seen = {"text": 0, "identity": 0, "hint": 0}
-    for sample, _ in zip(dataset, range(4 * NUM_RECORDS)):
+    for sample, _ in zip(dataset, range(4 * NUM_RECORDS), strict=False):
         record = stored[sample["key"]]
         drop_text = sample["caption"] == ""
         assert drop_text == bool(sample["drop_text"])
@@ -135,7 +145,7 @@ def test_dropped_conditions_are_zeroed_and_flagged(root, stored):
 
 
 def _stream(dataset: CapHumanDataset, count: int) -> list[tuple[str, bool, bool, bool]]:
-    return [(s["key"], bool(s["drop_text"]), bool(s["drop_identity"]), bool(s["drop_hint"])) for s, _ in zip(dataset, range(count))]
+    return [(s["key"], bool(s["drop_text"]), bool(s["drop_identity"]), bool(s["drop_hint"])) for s, _ in zip(dataset, range(count), strict=False)]
 
 
 def test_order_and_dropout_are_deterministic_for_a_seed(root):
@@ -182,7 +192,7 @@ def test_dataloader_workers_and_ranks_cover_every_record_once(root):
 def test_skip_batches_resumes_the_same_stream(root, num_workers, skipped):
     def batches(dataset, count):
         loader = DataLoader(dataset, batch_size=3, num_workers=num_workers, collate_fn=collate)
-        return [batch["key"] + batch["caption"] for batch, _ in zip(loader, range(count))]
+        return [batch["key"] + batch["caption"] for batch, _ in zip(loader, range(count), strict=False)]
 
     dropout = ConditionDropout(0.5, 0.5, 0.0)
     full = batches(CapHumanDataset(root, image_size=16, dropout=dropout, repeat=True), 12)

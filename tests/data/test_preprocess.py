@@ -48,8 +48,15 @@ def make_photos(folder: Path) -> None:
 
 
 def settings(images: Path, out: Path, **overrides) -> PreprocessSettings:
-    values = dict(images=str(images), out=str(out), config=TINY_CONFIG, weights=str(out.parent / "no-weights"),
-                  image_size=IMAGE_SIZE, shard_size=2, head_prior="builtin")
+    values = dict(
+        images=str(images),
+        out=str(out),
+        config=TINY_CONFIG,
+        weights=str(out.parent / "no-weights"),
+        image_size=IMAGE_SIZE,
+        shard_size=2,
+        head_prior="builtin",
+    )
     values.update(overrides)
     return PreprocessSettings(**values)
 
@@ -67,17 +74,25 @@ def runs(tmp_path_factory):
     captions = root / "captions.jsonl"
     captions.write_text(json.dumps({"file": "grace.jpg", "caption": "a photo of grace hopper"}) + "\n")
     seen: list[list[str]] = [[], [], []]
-    first = preprocess_folder(settings(images, out, captions=str(captions)), progress=False, stop_after=3,
-                              on_result=lambda result: seen[0].append(result.source))
+    first = preprocess_folder(
+        settings(images, out, captions=str(captions)), progress=False, stop_after=3, on_result=lambda result: seen[0].append(result.source)
+    )
     after_first = read_index(out)
     leftovers = sorted(path.name for path in (out / "shards").iterdir())
-    second = preprocess_folder(settings(images, out, captions=str(captions)), progress=False,
-                               on_result=lambda result: seen[1].append(result.source))
+    second = preprocess_folder(settings(images, out, captions=str(captions)), progress=False, on_result=lambda result: seen[1].append(result.source))
     index_after_second = (out / INDEX_FILE).read_text()
-    third = preprocess_folder(settings(images, out, captions=str(captions)), progress=False,
-                              on_result=lambda result: seen[2].append(result.source))
-    return dict(images=images, out=out, first=first, second=second, third=third, seen=seen,
-                after_first=after_first, leftovers=leftovers, index_after_second=index_after_second)
+    third = preprocess_folder(settings(images, out, captions=str(captions)), progress=False, on_result=lambda result: seen[2].append(result.source))
+    return dict(
+        images=images,
+        out=out,
+        first=first,
+        second=second,
+        third=third,
+        seen=seen,
+        after_first=after_first,
+        leftovers=leftovers,
+        index_after_second=index_after_second,
+    )
 
 
 def test_interrupted_run_leaves_only_committed_records(runs):
@@ -155,16 +170,69 @@ def test_records_hold_the_documented_content(runs):
 def test_cli_exit_codes(runs, tmp_path):
     from caphuman.cli import main
 
-    assert main(["preprocess", "--images", str(runs["images"]), "--out", str(runs["out"]), "--config", TINY_CONFIG,
-                 "--image-size", str(IMAGE_SIZE), "--shard-size", "2", "--weights", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--images",
+                str(runs["images"]),
+                "--out",
+                str(runs["out"]),
+                "--config",
+                TINY_CONFIG,
+                "--image-size",
+                str(IMAGE_SIZE),
+                "--shard-size",
+                "2",
+                "--weights",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     (only_bad / "notes.txt").write_text("no photo here")
-    assert main(["preprocess", "--images", str(only_bad), "--out", str(tmp_path / "ds"), "--config", TINY_CONFIG,
-                 "--image-size", str(IMAGE_SIZE), "--weights", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "preprocess",
+                "--images",
+                str(only_bad),
+                "--out",
+                str(tmp_path / "ds"),
+                "--config",
+                TINY_CONFIG,
+                "--image-size",
+                str(IMAGE_SIZE),
+                "--weights",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     # A rerun with other record-defining settings is refused rather than mixing two formats.
-    assert main(["preprocess", "--images", str(runs["images"]), "--out", str(runs["out"]), "--config", TINY_CONFIG,
-                 "--image-size", "64", "--weights", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "preprocess",
+                "--images",
+                str(runs["images"]),
+                "--out",
+                str(runs["out"]),
+                "--config",
+                TINY_CONFIG,
+                "--image-size",
+                "64",
+                "--weights",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 def random_record(key: str, size: int = 16, seed: int = 0) -> FaceRecord:
@@ -176,10 +244,16 @@ def random_record(key: str, size: int = 16, seed: int = 0) -> FaceRecord:
         face_embedding=rng.standard_normal(8).astype(np.float32),
         face_mask=rng.integers(0, 2, (size, size), dtype=np.uint8),
         hint=rng.standard_normal((9, size, size)).astype(np.float16),
-        head_params={"shape": rng.standard_normal(5).astype(np.float32), "expression": rng.standard_normal(3).astype(np.float32),
-                     "jaw": np.zeros(3, np.float32), "rotation": np.array([10.0, -5.0, 2.0], np.float32),
-                     "camera": np.array([0.8, 0.1, -0.1], np.float32), "albedo": rng.random((7, 3)).astype(np.float32),
-                     "lighting": rng.standard_normal((9, 3)).astype(np.float32), "backend": np.array("builtin")},
+        head_params={
+            "shape": rng.standard_normal(5).astype(np.float32),
+            "expression": rng.standard_normal(3).astype(np.float32),
+            "jaw": np.zeros(3, np.float32),
+            "rotation": np.array([10.0, -5.0, 2.0], np.float32),
+            "camera": np.array([0.8, 0.1, -0.1], np.float32),
+            "albedo": rng.random((7, 3)).astype(np.float32),
+            "lighting": rng.standard_normal((9, 3)).astype(np.float32),
+            "backend": np.array("builtin"),
+        },
         caption="a photo of a person, ünïcode",
         source="dir/photo.jpg",
     )
@@ -203,7 +277,7 @@ def test_record_round_trips_through_a_shard(tmp_path):
     writer.commit()
     entries = read_index(tmp_path)
     assert [entry.shard for entry in entries] == ["shards/shard-000000.tar"] * 2 + ["shards/shard-000001.tar"]
-    for record, entry in zip(records, entries):
+    for record, entry in zip(records, entries, strict=True):
         with ShardReader(tmp_path / entry.shard) as reader:
             assert_records_equal(reader.read(entry.key), record)
     # The webdataset layout: plain tar members "<key>.<suffix>", a record's members together.
@@ -213,8 +287,16 @@ def test_record_round_trips_through_a_shard(tmp_path):
 
 
 def test_head_params_round_trip():
-    params = HeadParams(shape=torch.randn(2, 5), expression=torch.randn(2, 3), jaw=torch.randn(2, 3), rotation=torch.randn(2, 3),
-                        camera=torch.randn(2, 3), albedo=torch.rand(2, 7, 3), lighting=torch.randn(2, 9, 3), backend="builtin")
+    params = HeadParams(
+        shape=torch.randn(2, 5),
+        expression=torch.randn(2, 3),
+        jaw=torch.randn(2, 3),
+        rotation=torch.randn(2, 3),
+        camera=torch.randn(2, 3),
+        albedo=torch.rand(2, 7, 3),
+        lighting=torch.randn(2, 9, 3),
+        backend="builtin",
+    )
     back = head_params_from_arrays(head_params_to_arrays(params, index=1))
     assert back.backend == "builtin" and back.albedo.shape == (1, 7, 3)
     torch.testing.assert_close(back.rotation, params.rotation[1:2])
@@ -312,9 +394,31 @@ def test_torchrun_ranks_make_the_records_of_one_run(runs, tmp_path):
     captions = runs["images"].parent / "captions.jsonl"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "caphuman.cli", "preprocess",
-        "--images", str(runs["images"]), "--out", str(out), "--captions", str(captions), "--config", TINY_CONFIG,
-        "--weights", str(out.parent / "no-weights"), "--image-size", str(IMAGE_SIZE), "--shard-size", "2", "--head-prior", "builtin",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "caphuman.cli",
+        "preprocess",
+        "--images",
+        str(runs["images"]),
+        "--out",
+        str(out),
+        "--captions",
+        str(captions),
+        "--config",
+        TINY_CONFIG,
+        "--weights",
+        str(out.parent / "no-weights"),
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--shard-size",
+        "2",
+        "--head-prior",
+        "builtin",
         "--no-progress",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

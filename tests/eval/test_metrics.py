@@ -39,9 +39,10 @@ def test_cosine_similarity_known_answers() -> None:
 
 
 def test_same_photo_has_identity_similarity_one_and_another_person_less() -> None:
-    from caphuman.faces.detection import FaceDetector
     from matplotlib import cbook
     from PIL import Image
+
+    from caphuman.faces.detection import FaceDetector
 
     model = resolve_identity_model("dlib", "no-weights-here")
     astronaut = skimage.data.astronaut()
@@ -77,8 +78,14 @@ def test_rmse_on_hand_made_arrays() -> None:
 
 def _params(**changes) -> HeadParams:
     params = HeadParams(
-        shape=torch.zeros(1, 6), expression=torch.zeros(1, 8), jaw=torch.zeros(1, 3), rotation=torch.zeros(1, 3),
-        camera=torch.tensor([[1.0, 0.0, 0.0]]), albedo=torch.full((1, 4, 3), 0.5), lighting=torch.zeros(1, 9, 3), backend="builtin",
+        shape=torch.zeros(1, 6),
+        expression=torch.zeros(1, 8),
+        jaw=torch.zeros(1, 3),
+        rotation=torch.zeros(1, 3),
+        camera=torch.tensor([[1.0, 0.0, 0.0]]),
+        albedo=torch.full((1, 4, 3), 0.5),
+        lighting=torch.zeros(1, 9, 3),
+        backend="builtin",
     )
     for name, value in changes.items():
         setattr(params, name, value)
@@ -88,7 +95,9 @@ def _params(**changes) -> HeadParams:
 def test_head_errors_group_by_group() -> None:
     requested = _params(rotation=torch.tensor([[10.0, 0.0, 0.0]]))
     estimated = _params(
-        shape=torch.full((1, 6), 0.2), expression=torch.full((1, 8), 0.1), lighting=torch.zeros(1, 9, 3),
+        shape=torch.full((1, 6), 0.2),
+        expression=torch.full((1, 8), 0.1),
+        lighting=torch.zeros(1, 9, 3),
         camera=torch.tensor([[2.0, 0.5, 0.5]]),  # position is not one of the paper's groups
     )
     errors = head_errors(requested, estimated)
@@ -103,7 +112,13 @@ def test_head_errors_group_by_group() -> None:
 
 @pytest.mark.parametrize(
     "a, b, expected",
-    [((0, 0, 0), (0, 0, 0), 0.0), ((30, 0, 0), (-30, 0, 0), 60.0), ((0, 20, 0), (0, 0, 0), 20.0), ((0, 0, 25), (0, 0, -5), 30.0), ((15, 10, 5), (15, 10, 5), 0.0)],
+    [
+        ((0, 0, 0), (0, 0, 0), 0.0),
+        ((30, 0, 0), (-30, 0, 0), 60.0),
+        ((0, 20, 0), (0, 0, 0), 20.0),
+        ((0, 0, 25), (0, 0, -5), 30.0),
+        ((15, 10, 5), (15, 10, 5), 0.0),
+    ],
 )
 def test_pose_error_is_the_geodesic_angle(a, b, expected) -> None:
     assert pose_error_degrees(np.array(a, float), np.array(b, float)) == pytest.approx(expected, abs=1e-5)
@@ -171,10 +186,24 @@ def test_clip_scorer_loads_a_full_clip_folder_and_skips_others(tmp_path) -> None
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8, "projection_dim": 16},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "projection_dim": 16,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+            "projection_dim": 16,
+        },
         projection_dim=16,
     )
     model = CLIPModel(config).eval()

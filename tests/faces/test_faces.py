@@ -207,7 +207,7 @@ def test_arcface_crop_puts_five_points_on_the_template():
     for x, y in source_points:
         cv2.circle(image, (int(round(x * 16)), int(round(y * 16))), 5 * 16, (255, 255, 255), -1, shift=4)
     landmarks = np.zeros((478, 3), dtype=np.float32)
-    for index_group, point in zip(((33, 133), (362, 263), (4,), (61,), (291,)), source_points):
+    for index_group, point in zip(((33, 133), (362, 263), (4,), (61,), (291,)), source_points, strict=True):
         landmarks[list(index_group), :2] = point
     face = DetectedFace(box=(0.0, 0.0, 500.0, 500.0), score=1.0, landmarks=landmarks)
 

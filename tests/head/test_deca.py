@@ -534,8 +534,14 @@ def test_deca_hint_keeps_decas_unclamped_render(prior):
     lighting = torch.zeros(1, 9, 3)
     lighting[0, 0] = 8.0
     params = HeadParams(
-        shape=torch.zeros(1, 100), expression=torch.zeros(1, 50), jaw=torch.zeros(1, 3), rotation=torch.zeros(1, 3),
-        camera=torch.tensor([[5.0, 0.0, 0.0]]), albedo=torch.zeros(1, 50), lighting=lighting, backend="deca",
+        shape=torch.zeros(1, 100),
+        expression=torch.zeros(1, 50),
+        jaw=torch.zeros(1, 3),
+        rotation=torch.zeros(1, 3),
+        camera=torch.tensor([[5.0, 0.0, 0.0]]),
+        albedo=torch.zeros(1, 50),
+        lighting=lighting,
+        backend="deca",
     )
     params.albedo[0, 1] = 25.0  # blue: 220 - 250 < 0
     head = render_hint(prior, params, image_size=96)
@@ -550,11 +556,10 @@ def test_deca_hint_keeps_decas_unclamped_render(prior):
 
 def test_head_template_texture_coordinates_take_precedence(tmp_path):
     """DECA's renderer reads its UVs from head_template.obj; the npz's vt/ft are the fallback."""
-    np.savez(tmp_path / "FLAME_texture.npz", mean=np.zeros((4, 4, 3)), tex_dir=np.zeros((4, 4, 3, 50)),
-             vt=np.full((3, 2), 0.5), ft=np.array([[0, 1, 2]]))
-    (tmp_path / "head_template.obj").write_text(
-        "v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0.1 0.2\nvt 0.3 0.4\nvt 0.5 0.6\nf 1/3 2/1 3/2\n"
+    np.savez(
+        tmp_path / "FLAME_texture.npz", mean=np.zeros((4, 4, 3)), tex_dir=np.zeros((4, 4, 3, 50)), vt=np.full((3, 2), 0.5), ft=np.array([[0, 1, 2]])
     )
+    (tmp_path / "head_template.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0.1 0.2\nvt 0.3 0.4\nvt 0.5 0.6\nf 1/3 2/1 3/2\n")
     texture = load_flame_texture(tmp_path / "FLAME_texture.npz", head_template=tmp_path / "head_template.obj")
     np.testing.assert_allclose(texture.uvs, [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], atol=1e-7)
     np.testing.assert_array_equal(texture.uv_faces, [[2, 0, 1]])
@@ -583,8 +588,14 @@ def test_mesh_follows_rotation_and_camera(prior, tiny):
 
 def test_mesh_refuses_other_backends(prior):
     params = HeadParams(
-        shape=torch.zeros(1, 100), expression=torch.zeros(1, 50), jaw=torch.zeros(1, 3), rotation=torch.zeros(1, 3),
-        camera=torch.ones(1, 3), albedo=torch.zeros(1, 50), lighting=torch.zeros(1, 9, 3), backend="builtin",
+        shape=torch.zeros(1, 100),
+        expression=torch.zeros(1, 50),
+        jaw=torch.zeros(1, 3),
+        rotation=torch.zeros(1, 3),
+        camera=torch.ones(1, 3),
+        albedo=torch.zeros(1, 50),
+        lighting=torch.zeros(1, 9, 3),
+        backend="builtin",
     )
     with pytest.raises(CapHumanError, match="builtin"):
         prior.mesh(params)

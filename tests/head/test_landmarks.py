@@ -22,16 +22,22 @@ from tests.head.test_deca import assets_dir  # noqa: F401  (module fixture: a ti
 
 def deca_params(yaw: float = 25.0, pitch: float = -10.0, roll: float = 5.0) -> HeadParams:
     return HeadParams(
-        shape=torch.zeros(1, 100), expression=torch.zeros(1, 50), jaw=torch.zeros(1, 3),
-        rotation=torch.tensor([[yaw, pitch, roll]]), camera=torch.tensor([[3.0, 0.1, -0.2]]),
-        albedo=torch.zeros(1, 50), lighting=torch.zeros(1, 9, 3), backend="deca",
+        shape=torch.zeros(1, 100),
+        expression=torch.zeros(1, 50),
+        jaw=torch.zeros(1, 3),
+        rotation=torch.tensor([[yaw, pitch, roll]]),
+        camera=torch.tensor([[3.0, 0.1, -0.2]]),
+        albedo=torch.zeros(1, 50),
+        lighting=torch.zeros(1, 9, 3),
+        backend="deca",
     )
 
 
 @pytest.mark.parametrize(
     # Rows of DECA's contour table, worked out by hand from FLAME._find_dynamic_lmk_idx_and_bcoords
     # (angle about y = yaw when pitch = roll = 0; 0..39 kept, negative -> 39 - angle, < -39 -> 78).
-    "yaw, row", [(0.0, 0), (20.0, 20), (-20.0, 59), (50.0, 39), (-50.0, 78), (-12.4, 51)],
+    "yaw, row",
+    [(0.0, 0), (20.0, 20), (-20.0, 59), (50.0, 39), (-50.0, 78), (-12.4, 51)],
 )
 def test_deca_landmarks_sit_on_the_posed_mesh_with_the_yaw_contour(assets_dir, tmp_path, yaw, row):  # noqa: F811
     weights = tmp_path / "weights"
@@ -47,11 +53,18 @@ def test_deca_landmarks_sit_on_the_posed_mesh_with_the_yaw_contour(assets_dir, t
     contour_faces = rng.integers(0, num_faces, size=(79, 17))
     contour_bary = rng.dirichlet(np.ones(3), size=(79, 17)).astype(np.float32)
     # DECA's file: np.save of a dict, the contour table as torch tensors (as DECA's FLAME reads it).
-    np.save(weights / "deca" / "landmark_embedding.npy", {
-        "static_lmk_faces_idx": static_faces, "static_lmk_bary_coords": static_bary,
-        "dynamic_lmk_faces_idx": torch.from_numpy(contour_faces), "dynamic_lmk_bary_coords": torch.from_numpy(contour_bary),
-        "full_lmk_faces_idx": static_faces[None], "full_lmk_bary_coords": static_bary[None],
-    }, allow_pickle=True)
+    np.save(
+        weights / "deca" / "landmark_embedding.npy",
+        {
+            "static_lmk_faces_idx": static_faces,
+            "static_lmk_bary_coords": static_bary,
+            "dynamic_lmk_faces_idx": torch.from_numpy(contour_faces),
+            "dynamic_lmk_bary_coords": torch.from_numpy(contour_bary),
+            "full_lmk_faces_idx": static_faces[None],
+            "full_lmk_bary_coords": static_bary[None],
+        },
+        allow_pickle=True,
+    )
     prior = DecaHeadPrior(weights)
     params = deca_params(yaw=yaw, pitch=0.0, roll=0.0)
     ours = prior.landmarks68(params)[0].numpy()

@@ -12,12 +12,12 @@ import skimage.data
 import skimage.transform
 import torch
 
+from caphuman.conditions.hint_layout import HINT_CHANNELS
 from caphuman.errors import InputImageError
 from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
-from caphuman.conditions.hint_layout import HINT_CHANNELS
 from caphuman.head.builtin.expression_basis import EXPRESSION_NAMES
 from caphuman.head.builtin.morphable_model import default_model
-from caphuman.head.hint import render_hint, hint_preview
+from caphuman.head.hint import hint_preview, render_hint
 from caphuman.head.params import HeadParams, set_pose, transfer
 from caphuman.head.renderer import MeshRenderer
 from caphuman.head.rotations import yaw_pitch_roll_to_matrix
@@ -102,15 +102,11 @@ def test_pose_round_trip_pitch_roll(prior: BuiltinHeadPrior, renderer: MeshRende
         estimate = prior.reconstruct(render_photo(prior, renderer, driven)).rotation[0]
         for index, wanted in ((0, yaw), (1, pitch), (2, roll)):
             tolerance = YAW_TOLERANCE_DEG if index == 0 else PITCH_ROLL_TOLERANCE_DEG
-            assert abs(angle_difference(float(estimate[index]), wanted)) < tolerance, (
-                f"set {(yaw, pitch, roll)}: estimated {estimate.tolist()}"
-            )
+            assert abs(angle_difference(float(estimate[index]), wanted)) < tolerance, f"set {(yaw, pitch, roll)}: estimated {estimate.tolist()}"
 
 
 @pytest.mark.parametrize("angle", [-20, -10, 10, 20])
-def test_in_plane_photo_rotation_changes_roll(
-    prior: BuiltinHeadPrior, reference: HeadParams, astronaut: np.ndarray, angle: float
-) -> None:
+def test_in_plane_photo_rotation_changes_roll(prior: BuiltinHeadPrior, reference: HeadParams, astronaut: np.ndarray, angle: float) -> None:
     # skimage rotates counter-clockwise for positive angles, as positive roll does.
     rotated = (skimage.transform.rotate(astronaut, angle, mode="edge") * 255.0).round().astype(np.uint8)
     estimate = prior.reconstruct(rotated)
@@ -186,9 +182,7 @@ def test_identity_expression_separation(reference: HeadParams) -> None:
     rng = np.random.default_rng(0)
 
     def fit(identity_offsets: np.ndarray, angles: tuple[float, float, float]):
-        vertices = model.vertices(
-            torch.as_tensor(identity_offsets)[None], torch.as_tensor(known)[None], torch.as_tensor(jaw)[None]
-        )[0].numpy()
+        vertices = model.vertices(torch.as_tensor(identity_offsets)[None], torch.as_tensor(known)[None], torch.as_tensor(jaw)[None])[0].numpy()
         rotation = yaw_pitch_roll_to_matrix(torch.tensor([angles], dtype=torch.float64))[0].numpy()
         # A known similarity plus detector-like noise (0.02 cm).
         points = 40.0 * vertices @ rotation.T + np.array([3.0, -2.0, 1.0]) + rng.normal(0.0, 0.8, vertices.shape)

@@ -44,7 +44,7 @@ def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(subdivisions):
         midpoint_cache: dict[tuple[int, int], int] = {}
 
-        def midpoint(a: int, b: int) -> int:
+        def midpoint(a: int, b: int, midpoint_cache: dict[tuple[int, int], int] = midpoint_cache) -> int:
             key = (min(a, b), max(a, b))
             if key not in midpoint_cache:
                 middle = points[a] + points[b]
@@ -138,9 +138,7 @@ def render_with_opengl(vertices: np.ndarray, faces: np.ndarray, objects: np.ndar
         per_vertex = np.concatenate([vertices, normals, objects[:, None]], axis=1).astype("f4")
         vertex_buffer = context.buffer(per_vertex.tobytes())
         index_buffer = context.buffer(faces.astype("i4").tobytes())
-        vertex_array = context.vertex_array(
-            program, [(vertex_buffer, "3f 3f 1f", "in_position", "in_normal", "in_object")], index_buffer
-        )
+        vertex_array = context.vertex_array(program, [(vertex_buffer, "3f 3f 1f", "in_position", "in_normal", "in_object")], index_buffer)
         color = context.texture((size, size), 4, dtype="f4")
         depth = context.depth_renderbuffer((size, size))
         framebuffer = context.framebuffer(color_attachments=[color], depth_attachment=depth)
@@ -447,7 +445,9 @@ def test_deca_rules_follow_the_srendery_formulas():
     assert shaded.max() > 1.5 and albedo.min() < -0.1
     # The default (built-in prior) rules differ exactly there.
     default = MeshRenderer(size).render(
-        torch.from_numpy(vertices).float()[None], torch.from_numpy(faces), torch.full((1, len(vertices), 3), 0.5),
+        torch.from_numpy(vertices).float()[None],
+        torch.from_numpy(faces),
+        torch.full((1, len(vertices), 3), 0.5),
         torch.from_numpy(lighting).float()[None],
     )
     np.testing.assert_allclose(np.linalg.norm(at_pixels(default.normals), axis=1), 1.0, atol=1e-5)
@@ -549,9 +549,7 @@ def test_batch_equals_items_rendered_one_by_one():
     renderer = MeshRenderer((96, 80))
     batched = renderer.render_mesh(mesh)
     for index in range(3):
-        single = renderer.render(
-            mesh.vertices[index : index + 1], mesh.faces, mesh.albedo[index : index + 1], mesh.lighting[index : index + 1]
-        )
+        single = renderer.render(mesh.vertices[index : index + 1], mesh.faces, mesh.albedo[index : index + 1], mesh.lighting[index : index + 1])
         assert torch.equal(batched.mask[index], single.mask[0])
         assert torch.equal(batched.face_index[index], single.face_index[0])
         for name in ("normals", "albedo", "shading", "shaded", "depth"):
@@ -698,9 +696,7 @@ def test_directional_light_gives_truncated_clamped_cosine():
 
     # The same holds in image layout.
     image = normals[:400].T.reshape(1, 3, 20, 20)
-    np.testing.assert_allclose(
-        sh_shading(image, lighting)[0, 0].reshape(-1).numpy(), expected[:400], atol=2e-5
-    )
+    np.testing.assert_allclose(sh_shading(image, lighting)[0, 0].reshape(-1).numpy(), expected[:400], atol=2e-5)
 
 
 def test_sh_basis_constants():
@@ -752,4 +748,4 @@ def test_fit_sh_lighting_front_hemisphere_with_ridge_reproduces_the_photo():
     assert (fitted - truth).abs().max() < 0.05
     # ... and a stronger ridge shrinks the coefficients, as Tikhonov regularisation must.
     norms = [fit_sh_lighting(normals, noisy, None, ridge=r).norm() for r in (0.0, 1e-4, 1e-3, 1e-2)]
-    assert all(a > b for a, b in zip(norms, norms[1:]))
+    assert all(a > b for a, b in zip(norms, norms[1:], strict=False))

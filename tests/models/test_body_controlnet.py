@@ -49,15 +49,28 @@ def test_capface_off_equals_diffusers_controlnet_pipeline(body_pipeline):
     """With CapFace at strength 0 the pipeline is SD + one ControlNet: diffusers' own
     StableDiffusionControlNetPipeline on the same parts must give the same images."""
     reference = StableDiffusionControlNetPipeline(
-        vae=body_pipeline.vae, text_encoder=body_pipeline.text_encoder, tokenizer=body_pipeline.tokenizer,
-        unet=body_pipeline.unet, controlnet=body_pipeline.body_controlnet, scheduler=make_scheduler("ddim"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=body_pipeline.vae,
+        text_encoder=body_pipeline.text_encoder,
+        tokenizer=body_pipeline.tokenizer,
+        unet=body_pipeline.unet,
+        controlnet=body_pipeline.body_controlnet,
+        scheduler=make_scheduler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     reference.set_progress_bar_config(disable=True)
     image = pose_map()
     expected = reference(
-        PROMPT, Image.fromarray(image), height=SIZE, width=SIZE, num_inference_steps=3, guidance_scale=7.0,
-        negative_prompt="blurry", controlnet_conditioning_scale=0.7, generator=torch.Generator().manual_seed(4),
+        PROMPT,
+        Image.fromarray(image),
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=3,
+        guidance_scale=7.0,
+        negative_prompt="blurry",
+        controlnet_conditioning_scale=0.7,
+        generator=torch.Generator().manual_seed(4),
         output_type="np",
     ).images
     ours = run(body_pipeline, seed=4, steps=3, capface_strength=0.0, negative_prompt="blurry", body_map=image, body_control_strength=0.7)
@@ -90,8 +103,18 @@ def test_noise_is_unet_with_summed_capface_and_controlnet_residuals(body_pipelin
         head.bias.fill_(-float(torch.logit(mask).median()))
 
     ours, _ = pipe.predict_noise(
-        latents, timestep, text, negative, tokens, condition, guidance, None, 1.0, True,
-        body_map=body, body_control_strength=strength,
+        latents,
+        timestep,
+        text,
+        negative,
+        tokens,
+        condition,
+        guidance,
+        None,
+        1.0,
+        True,
+        body_map=body,
+        body_control_strength=strength,
     )
 
     with torch.no_grad():
@@ -101,14 +124,23 @@ def test_noise_is_unet_with_summed_capface_and_controlnet_residuals(body_pipelin
         branches = []
         for branch_text in (negative, text):
             body_down, body_mid = multi(
-                latents, timestep, encoder_hidden_states=branch_text, controlnet_cond=[body],
-                conditioning_scale=[strength], return_dict=False,
+                latents,
+                timestep,
+                encoder_hidden_states=branch_text,
+                controlnet_cond=[body],
+                conditioning_scale=[strength],
+                return_dict=False,
             )
-            branches.append(pipe.unet(
-                latents, timestep, encoder_hidden_states=branch_text,
-                down_block_additional_residuals=[a + b for a, b in zip(capface_down, body_down)],
-                mid_block_additional_residual=capface_mid + body_mid, return_dict=False,
-            )[0])
+            branches.append(
+                pipe.unet(
+                    latents,
+                    timestep,
+                    encoder_hidden_states=branch_text,
+                    down_block_additional_residuals=[a + b for a, b in zip(capface_down, body_down, strict=True)],
+                    mid_block_additional_residual=capface_mid + body_mid,
+                    return_dict=False,
+                )[0]
+            )
     uncond, cond = branches
     torch.testing.assert_close(ours, uncond + guidance * (cond - uncond))
     # The gate really acted on CapFace (so the test tells gated from ungated CapFace residuals) ...

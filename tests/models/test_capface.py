@@ -42,7 +42,7 @@ def test_capface_residuals_equal_controlnet_forward_with_identity_tokens(tiny_ba
         ours = capface(latents, timestep, tokens, hint)
         theirs = reference(latents, timestep, encoder_hidden_states=tokens, controlnet_cond=hint)
     assert len(ours.down_block_res_samples) == len(theirs.down_block_res_samples)
-    for mine, expected in zip(ours.down_block_res_samples, theirs.down_block_res_samples):
+    for mine, expected in zip(ours.down_block_res_samples, theirs.down_block_res_samples, strict=True):
         torch.testing.assert_close(mine, expected)
     torch.testing.assert_close(ours.mid_block_res_sample, theirs.mid_block_res_sample)
     assert ours.face_mask.shape == (2, 1, 8, 8) and 0 <= ours.face_mask.min() and ours.face_mask.max() <= 1
@@ -96,7 +96,7 @@ def test_gate_is_the_published_plain_bilinear_resize_then_threshold():
     )
     down, mid = output.gated_residuals(strength=1.0, mask_gating=True)
     differs_from_antialiased = 0
-    for size, residual in zip(sizes, down):
+    for size, residual in zip(sizes, down, strict=True):
         formula = torch.from_numpy(np.stack([half_pixel_bilinear(m[0].double().numpy(), size) for m in mask]))[:, None]
         expected = (formula > 0.5).float()
         torch.testing.assert_close(residual, expected.expand_as(residual), rtol=0, atol=0)

@@ -65,10 +65,27 @@ def workspace(tmp_path_factory):
     model_config = root / "model.yaml"
     train_config = yaml.safe_load(TRAIN_CONFIG.read_text())
     model_config.write_text(yaml.safe_dump({key: train_config[key] for key in ("model", "identity") if key in train_config}))
-    assert main([
-        "preprocess", "--config", str(model_config), "--images", str(photos), "--captions", str(photos / "captions.jsonl"),
-        "--out", str(dataset), "--image-size", str(IMAGE_SIZE), "--weights", str(root / "no-weights"), "--no-progress",
-    ]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--config",
+                str(model_config),
+                "--images",
+                str(photos),
+                "--captions",
+                str(photos / "captions.jsonl"),
+                "--out",
+                str(dataset),
+                "--image-size",
+                str(IMAGE_SIZE),
+                "--weights",
+                str(root / "no-weights"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
     def train(run: str, max_steps: int, *options: str) -> None:
         overrides = {
@@ -93,10 +110,7 @@ def workspace(tmp_path_factory):
 
 
 def test_preprocess_made_a_record_of_every_demo_photo_with_its_caption(workspace):
-    captions = {
-        line["file"]: line["caption"]
-        for line in map(json.loads, (workspace["photos"] / "captions.jsonl").read_text().splitlines())
-    }
+    captions = {line["file"]: line["caption"] for line in map(json.loads, (workspace["photos"] / "captions.jsonl").read_text().splitlines())}
     entries = read_index(workspace["dataset"])
     assert len(captions) >= 8
     assert {entry.source: entry.caption for entry in entries} == captions
@@ -151,10 +165,27 @@ def test_sampling_with_the_exported_adapter_differs_from_a_fresh_capface(workspa
     def sample(config: Path, out: Path) -> np.ndarray:
         # Without mask gating: after 5 steps the mask head predicts < 0.5 everywhere (the mask
         # loss first lowers the background, most of the image), which would gate CapFace off.
-        assert main([
-            "sample", "--config", str(config), "--weights", str(export), "--ref", str(workspace["photos"] / "grace.jpg"),
-            "--prompt", PROMPT, "--device", "cpu", "--no-mask-gating", "--out", str(out),
-        ]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--config",
+                    str(config),
+                    "--weights",
+                    str(export),
+                    "--ref",
+                    str(workspace["photos"] / "grace.jpg"),
+                    "--prompt",
+                    PROMPT,
+                    "--device",
+                    "cpu",
+                    "--no-mask-gating",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         return np.asarray(Image.open(out / "image_000.png")).astype(np.float32)
 
     with_export = sample(export / "sample_config.yaml", tmp_path / "trained")

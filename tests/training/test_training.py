@@ -16,7 +16,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-from tests.synthetic import empty_head_params
 import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
@@ -27,6 +26,7 @@ from caphuman.data.records import FaceRecord, record_key
 from caphuman.data.shards import ShardWriter
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.training.config import load_train_config
+from tests.synthetic import empty_head_params
 
 IMAGE_SIZE = 64
 EMBED_DIM = 512
@@ -115,7 +115,7 @@ def test_resume_with_dataloader_workers_continues_with_exactly_the_same_losses(t
     assert first_recorder.losses + second_recorder.losses == full_recorder.losses
     # The losses must differ between steps, or equality above would prove little.
     assert len({loss for _, loss in full_recorder.losses}) == 5
-    for (name, a), (_, b) in zip(full.adapter.state_dict().items(), resumed.adapter.state_dict().items()):
+    for (name, a), (_, b) in zip(full.adapter.state_dict().items(), resumed.adapter.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     # The EMA (on in tiny_train.yaml) was restored too: both exports are identical.
     exported_full = CapHumanAdapter.from_pretrained(tmp_path / "full" / "adapter").state_dict()
@@ -128,8 +128,8 @@ def test_resume_with_dataloader_workers_continues_with_exactly_the_same_losses(t
 
 def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_backbone, dataset_root):
     """Recompute one batch's loss by hand (closed-form noising, manual projections)."""
-    from caphuman.config import CapHumanConfig
     from caphuman.build import load_adapter
+    from caphuman.config import CapHumanConfig
     from caphuman.training.module import CapHumanTrainingModule, step_generator
 
     config = tiny_config("unused", dataset_root, **{"training.mask_loss_weight": 0.7})
@@ -140,9 +140,14 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
         for parameter in adapter.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
     module = CapHumanTrainingModule(config, tiny_backbone, adapter)
-    dataset = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.feature_extractor,
-                              dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False)
-    records = [record for record, _ in zip(dataset, range(4))]
+    dataset = CapHumanDataset(
+        dataset_root,
+        image_size=IMAGE_SIZE,
+        clip_image_processor=tiny_backbone.feature_extractor,
+        dropout=ConditionDropout(0.0, 0.0, 0.0),
+        shuffle=False,
+    )
+    records = [record for record, _ in zip(dataset, range(4), strict=False)]
     records[0]["drop_hint"], records[2]["drop_hint"] = torch.tensor(True), torch.tensor(True)
     records[1]["drop_identity"], records[2]["drop_identity"] = torch.tensor(True), torch.tensor(True)
     batch = collate(records)
@@ -169,6 +174,7 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
         tokens = tokens * (~batch["drop_identity"]).float()[:, None, None]
         hint = batch["hint"] * (~batch["drop_hint"]).float()[:, None, None, None]
         out = adapter.capface(noisy, timesteps, tokens, hint)
+
         # The published gate: torchvision 0.14.1's F.resize on a tensor = plain bilinear, no antialias.
         def gate(size):
             return F.interpolate(out.face_mask, size=size, mode="bilinear", align_corners=False).gt(0.5).float()
@@ -193,16 +199,14 @@ def test_loss_matches_an_independent_computation_including_the_mask_term(tiny_ba
 
 
 def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_path, tiny_backbone, dataset_root):
+    from caphuman.build import build_pipeline
     from caphuman.conditions.identity import IdentityInputs
     from caphuman.config import load_config
-    from caphuman.build import build_pipeline
     from caphuman.pipeline import CapHumanPipeline
     from caphuman.schedulers import make_scheduler
     from caphuman.training.callbacks import find_ema
 
-    frozen_before = {
-        name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in tiny_backbone.modules().items()
-    }
+    frozen_before = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in tiny_backbone.modules().items()}
     config = tiny_config(tmp_path / "run", dataset_root, **{"training.max_steps": 4, "training.validation.every_n_steps": 2})
     initial = None
 
@@ -222,8 +226,13 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
 
     # Sampling through caphuman.build with the export == sampling with the in-memory EMA weights.
-    reference = CapHumanDataset(dataset_root, image_size=IMAGE_SIZE, clip_image_processor=tiny_backbone.feature_extractor,
-                                dropout=ConditionDropout(0.0, 0.0, 0.0), shuffle=False)
+    reference = CapHumanDataset(
+        dataset_root,
+        image_size=IMAGE_SIZE,
+        clip_image_processor=tiny_backbone.feature_extractor,
+        dropout=ConditionDropout(0.0, 0.0, 0.0),
+        shuffle=False,
+    )
     record = next(iter(reference))
     identity = IdentityInputs(record["face_embeds"][None], record["clip_pixel_values"][None])
     hint = record["hint"][None]
@@ -236,9 +245,14 @@ def test_only_capface_and_identity_params_train_and_export_samples_match(tmp_pat
     ema = find_ema(module.trainer)
     with ema.applied(module.adapter):
         in_memory = CapHumanPipeline(
-            vae=tiny_backbone.vae, text_encoder=tiny_backbone.text_encoder, tokenizer=tiny_backbone.tokenizer,
-            unet=tiny_backbone.unet, capface=module.adapter.capface.eval(), identity_encoder=module.adapter.identity_encoder,
-            image_encoder=tiny_backbone.image_encoder, feature_extractor=tiny_backbone.feature_extractor,
+            vae=tiny_backbone.vae,
+            text_encoder=tiny_backbone.text_encoder,
+            tokenizer=tiny_backbone.tokenizer,
+            unet=tiny_backbone.unet,
+            capface=module.adapter.capface.eval(),
+            identity_encoder=module.adapter.identity_encoder,
+            image_encoder=tiny_backbone.image_encoder,
+            feature_extractor=tiny_backbone.feature_extractor,
             scheduler=make_scheduler("ddim", tiny_backbone.scheduler_config),
         )
         in_memory.set_progress_bar_config(disable=True)
@@ -312,10 +326,18 @@ def test_two_ddp_processes_with_batch_b_train_what_one_process_with_batch_2b_doe
         writer.add_record(synthetic_record(index))
     writer.commit()
     options = {
-        "training.data.root": str(root), "training.data.shuffle": "false", "training.data.dropout.hint": 0.0,
-        "training.max_steps": 3, "training.checkpoint_every": 3, "training.validation.every_n_steps": 0,
-        "training.ema.enabled": "false", "training.optimizer.lr": 0.05, "training.optimizer.eps": 1.0,
-        "training.optimizer.weight_decay": 0.0, "training.log_every_n_steps": 1, "training.accelerator": "cpu",
+        "training.data.root": str(root),
+        "training.data.shuffle": "false",
+        "training.data.dropout.hint": 0.0,
+        "training.max_steps": 3,
+        "training.checkpoint_every": 3,
+        "training.validation.every_n_steps": 0,
+        "training.ema.enabled": "false",
+        "training.optimizer.lr": 0.05,
+        "training.optimizer.eps": 1.0,
+        "training.optimizer.weight_decay": 0.0,
+        "training.log_every_n_steps": 1,
+        "training.accelerator": "cpu",
     }
 
     def final_weights(out) -> dict[str, torch.Tensor]:
@@ -328,8 +350,18 @@ def test_two_ddp_processes_with_batch_b_train_what_one_process_with_batch_2b_doe
     ranks = tmp_path / "ddp"
     overrides = {**options, "training.output_dir": str(ranks), "training.data.batch_size": 2, "training.devices": 2, "training.strategy": "ddp"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "caphuman.cli", "train",
-        "--config", "configs/tiny_train.yaml", *[f"{key}={value}" for key, value in overrides.items()],
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "caphuman.cli",
+        "train",
+        "--config",
+        "configs/tiny_train.yaml",
+        *[f"{key}={value}" for key, value in overrides.items()],
     ]
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}

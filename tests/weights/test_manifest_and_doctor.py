@@ -44,7 +44,9 @@ def test_manifest_lists_every_path_the_code_reads():
 
 
 def test_doctor_on_empty_folder_lists_everything_missing(tmp_path, monkeypatch, capsys):
-    code = _run_cli(monkeypatch, "caphuman.commands.doctor", ["doctor", "--weights", str(tmp_path), "--config", str(REPO / "configs/caphuman_sd15.yaml")])
+    code = _run_cli(
+        monkeypatch, "caphuman.commands.doctor", ["doctor", "--weights", str(tmp_path), "--config", str(REPO / "configs/caphuman_sd15.yaml")]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for name in load_manifest():
@@ -53,8 +55,9 @@ def test_doctor_on_empty_folder_lists_everything_missing(tmp_path, monkeypatch, 
 
 
 def test_doctor_reports_present_and_malformed_without_traceback(tmp_path, monkeypatch, capsys, tiny_backbone):
-    from caphuman.weights.ldm_layout import export_original_sd
     from facenet_pytorch import InceptionResnetV1
+
+    from caphuman.weights.ldm_layout import export_original_sd
 
     # A FaceNet state dict with the published names, and a BiSeNet file with wrong keys.
     (tmp_path / "facenet").mkdir()
@@ -71,11 +74,17 @@ def test_doctor_reports_present_and_malformed_without_traceback(tmp_path, monkey
     (tmp_path / "arcface").mkdir()
     (tmp_path / "arcface" / "glintr100.onnx").write_bytes(b"\x00not onnx")
 
-    code = _run_cli(monkeypatch, "caphuman.commands.doctor", ["doctor", "--weights", str(tmp_path), "--config", str(REPO / "configs/caphuman_sd15.yaml")])
+    code = _run_cli(
+        monkeypatch, "caphuman.commands.doctor", ["doctor", "--weights", str(tmp_path), "--config", str(REPO / "configs/caphuman_sd15.yaml")]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "Traceback" not in out
-    lines = {line.split()[1]: line.split()[0] for line in out.splitlines() if line.startswith("  ") and len(line.split()) > 2 and line.split()[0] in ("ok", "MISSING", "MALFORMED")}
+    lines = {
+        line.split()[1]: line.split()[0]
+        for line in out.splitlines()
+        if line.startswith("  ") and len(line.split()) > 2 and line.split()[0] in ("ok", "MISSING", "MALFORMED")
+    }
     assert lines["facenet"] == "ok"
     assert lines["face_parsing"] == "MALFORMED"
     assert lines["stable_diffusion"] == "MALFORMED"
@@ -106,7 +115,13 @@ def test_doctor_checks_deca_and_flame_assets(tmp_path):
     folder = tmp_path / "deca"
     folder.mkdir()
     _tiny_flame(folder / "generic_model.pkl")
-    np.savez(folder / "FLAME_texture.npz", mean=np.zeros((8, 8, 3)), tex_dir=np.zeros((8, 8, 3, 50)), vt=np.zeros((6, 2)), ft=np.zeros((3, 3), dtype=np.int64))
+    np.savez(
+        folder / "FLAME_texture.npz",
+        mean=np.zeros((8, 8, 3)),
+        tex_dir=np.zeros((8, 8, 3, 50)),
+        vt=np.zeros((6, 2)),
+        ft=np.zeros((3, 3), dtype=np.int64),
+    )
     torch.save({"E_flame": DecaCoarseEncoder().state_dict()}, folder / "deca_model.tar")
     for name in ("deca_model", "flame_model", "flame_texture"):
         assert check_entry(entries[name], tmp_path).status == STATUS_PRESENT, check_entry(entries[name], tmp_path)

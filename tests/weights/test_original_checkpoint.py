@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from caphuman.weights.original_checkpoint import convert_original_checkpoint, convert_original_state_dict, export_original
 from caphuman.errors import CapHumanError
 from caphuman.models.adapter import CapHumanAdapter
+from caphuman.weights.original_checkpoint import convert_original_checkpoint, convert_original_state_dict, export_original
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,12 @@ def test_renamed_key_is_reported_by_name(adapter, original):
 
 
 def test_missing_key_is_reported_by_name(adapter, original):
-    for key in ("control_model.input_blocks.1.0.in_layers.0.weight", "control_model.mask_predict.0.bias", "control_model.time_embed.0.weight", "img_linear.weight"):
+    for key in (
+        "control_model.input_blocks.1.0.in_layers.0.weight",
+        "control_model.mask_predict.0.bias",
+        "control_model.time_embed.0.weight",
+        "img_linear.weight",
+    ):
         state = dict(original)
         del state[key]
         with pytest.raises(CapHumanError, match=key.replace(".", r"\.")):

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from caphuman.config import load_config
-from caphuman.weights.ldm_layout import export_original_sd, ldm_vae_state_dict
 from caphuman.errors import CapHumanError
+from caphuman.weights.ldm_layout import export_original_sd, ldm_vae_state_dict
 from caphuman.weights.stable_diffusion import SDArchitecture, load_sd15_backbone, load_single_file, load_vae
 
 

@@ -54,15 +54,78 @@ DEFAULT_SUBDIVISIONS = 2
 # 68-point layout index -> face-mesh vertex, the usual correspondence.
 MEDIAPIPE_68: tuple[int, ...] = (
     # jaw line, from the subject's right ear (image left) to the left
-    162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
+    162,
+    234,
+    93,
+    58,
+    172,
+    136,
+    149,
+    148,
+    152,
+    377,
+    378,
+    365,
+    397,
+    288,
+    323,
+    454,
+    389,
     # right brow, left brow
-    71, 63, 105, 66, 107, 336, 296, 334, 293, 301,
+    71,
+    63,
+    105,
+    66,
+    107,
+    336,
+    296,
+    334,
+    293,
+    301,
     # nose bridge, nose base
-    168, 197, 5, 4, 75, 97, 2, 326, 305,
+    168,
+    197,
+    5,
+    4,
+    75,
+    97,
+    2,
+    326,
+    305,
     # right eye, left eye (outer corner, upper lid, inner corner, lower lid)
-    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    33,
+    160,
+    158,
+    133,
+    153,
+    144,
+    362,
+    385,
+    387,
+    263,
+    373,
+    380,
     # outer lips, inner lips
-    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 87,
+    61,
+    39,
+    37,
+    0,
+    267,
+    269,
+    291,
+    405,
+    314,
+    17,
+    84,
+    181,
+    78,
+    82,
+    13,
+    312,
+    308,
+    317,
+    14,
+    87,
 )
 
 # A vertex whose normal makes less than this cosine with the view direction is too oblique for
@@ -156,9 +219,7 @@ class RenderTopology:
             lookup[edges[:, 1], edges[:, 0]] = lookup[edges[:, 0], edges[:, 1]]
             a, b, c = faces[:, 0], faces[:, 1], faces[:, 2]
             ab, bc, ca = lookup[a, b], lookup[b, c], lookup[c, a]
-            faces = np.concatenate(
-                [np.stack(t, axis=1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))]
-            )
+            faces = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
             self.edges.append(edges)
             num_vertices += len(edges)
         self.faces = faces
@@ -273,13 +334,15 @@ class BuiltinHeadPrior(HeadPrior):
         rotation = matrix_to_yaw_pitch_roll(torch.as_tensor(fit.pose.rotation)[None]).float()
         # Pixels -> normalised coordinates x = 2u/W - 1, y = 1 - 2v/H (here Y = -v). One scale
         # serves both axes, so for a non-square photo the mean of the two axis scales is used.
-        pixel_to_normalised = (1.0 / width + 1.0 / height)
+        pixel_to_normalised = 1.0 / width + 1.0 / height
         camera = torch.tensor(
-            [[
-                fit.pose.scale * pixel_to_normalised,
-                2.0 * fit.pose.translation[0] / width - 1.0,
-                1.0 + 2.0 * fit.pose.translation[1] / height,
-            ]],
+            [
+                [
+                    fit.pose.scale * pixel_to_normalised,
+                    2.0 * fit.pose.translation[0] / width - 1.0,
+                    1.0 + 2.0 * fit.pose.translation[1] / height,
+                ]
+            ],
             dtype=torch.float32,
         )
         params = HeadParams(

@@ -191,23 +191,17 @@ def build_expression_basis(vertices: np.ndarray) -> np.ndarray:
     moving[:, 1] = np.where(upper_lip[lips], 0.3, -0.3) * taper
     part_pins = np.unique(np.concatenate([nose, [CHIN], MOUTH_CORNERS_OUTER]))
     part_pins = part_pins[~np.isin(part_pins, lips)]
-    fields["lips_part"] = _smooth_field(
-        vertices, np.concatenate([lips, part_pins]), np.concatenate([moving, np.zeros((len(part_pins), 3))]), 0.5
-    )
+    fields["lips_part"] = _smooth_field(vertices, np.concatenate([lips, part_pins]), np.concatenate([moving, np.zeros((len(part_pins), 3))]), 0.5)
     fields["eye_close_right"] = _eye_close_field(vertices, right_eye, RIGHT_EYE_CORNERS, right_brow)
     fields["eye_close_left"] = _eye_close_field(vertices, left_eye, LEFT_EYE_CORNERS, left_brow)
     # Brows 0.6 cm up; the forehead above follows, the eyes stay.
     moving = np.tile([0.0, 0.6, 0.0], (len(brows), 1))
     brow_pins = np.unique(np.concatenate([eyes, nose]))
-    fields["brow_raise"] = _smooth_field(
-        vertices, np.concatenate([brows, brow_pins]), np.concatenate([moving, np.zeros((len(brow_pins), 3))]), 1.0
-    )
+    fields["brow_raise"] = _smooth_field(vertices, np.concatenate([brows, brow_pins]), np.concatenate([moving, np.zeros((len(brow_pins), 3))]), 1.0)
     # Brows 0.4 cm down and 0.3 cm towards the nose, the inner ends most.
     inner_weight = np.clip(1.0 - (np.abs(vertices[brows, 0]) - 1.0) / 5.0, 0.3, 1.0)
     moving = np.zeros((len(brows), 3))
     moving[:, 1] = -0.4 * inner_weight
     moving[:, 0] = -0.3 * np.sign(vertices[brows, 0]) * inner_weight
-    fields["brow_lower"] = _smooth_field(
-        vertices, np.concatenate([brows, brow_pins]), np.concatenate([moving, np.zeros((len(brow_pins), 3))]), 0.8
-    )
+    fields["brow_lower"] = _smooth_field(vertices, np.concatenate([brows, brow_pins]), np.concatenate([moving, np.zeros((len(brow_pins), 3))]), 0.8)
     return np.stack([fields[name] for name in EXPRESSION_NAMES])

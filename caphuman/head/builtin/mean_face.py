@@ -157,14 +157,13 @@ def _zip_hole(loop: list[int], corners: tuple[int, int], vertices: np.ndarray) -
     loop = loop[first:] + loop[:first]
     split = loop.index(corners[1])
     chain_a = loop[: split + 1]  # corner 0 -> corner 1 one way round
-    chain_b = [loop[0]] + loop[:split - 1:-1]  # corner 0 -> corner 1 the other way
+    chain_b = [loop[0]] + loop[: split - 1 : -1]  # corner 0 -> corner 1 the other way
     triangles = []
     i = j = 0
     while i < len(chain_a) - 1 or j < len(chain_b) - 1:
         advance_a = j == len(chain_b) - 1 or (
             i < len(chain_a) - 1
-            and np.linalg.norm(vertices[chain_a[i + 1]] - vertices[chain_b[j]])
-            <= np.linalg.norm(vertices[chain_b[j + 1]] - vertices[chain_a[i]])
+            and np.linalg.norm(vertices[chain_a[i + 1]] - vertices[chain_b[j]]) <= np.linalg.norm(vertices[chain_b[j + 1]] - vertices[chain_a[i]])
         )
         if advance_a:
             triangles.append((chain_a[i], chain_a[i + 1], chain_b[j]))
@@ -300,7 +299,7 @@ def mirror_pairing(detections: list[Detection]) -> np.ndarray:
     if len(plain) != len(flipped):
         raise RuntimeError("every reference photo needs a face in both its plain and its mirrored version.")
     cost = np.zeros((NUM_MESH_VERTICES, NUM_MESH_VERTICES))
-    for original, mirrored in zip(plain, flipped):
+    for original, mirrored in zip(plain, flipped, strict=True):
         # The mirror image is detected independently: align it rigidly (scale, rotation,
         # translation) without assuming which index matches which, through its centroid and size.
         size = np.sqrt(((original - original.mean(0)) ** 2).sum(1).mean())
@@ -328,7 +327,7 @@ def procrustes_mean(samples: np.ndarray, irises: np.ndarray) -> tuple[np.ndarray
     mean = samples[0] - samples[0].mean(0)
     for round_index in range(_PROCRUSTES_ROUNDS):
         aligned, aligned_irises, distances = [], [], []
-        for points, iris in zip(samples, irises):
+        for points, iris in zip(samples, irises, strict=True):
             pose = umeyama(mean, points, weights)
             # The closed-form fit converges the mean's shape; the (slower, iterative) fit with
             # down-weighted depth settles it in the last rounds.
@@ -348,9 +347,7 @@ def procrustes_mean(samples: np.ndarray, irises: np.ndarray) -> tuple[np.ndarray
     return mean, iris_mean, kept
 
 
-def model_frame(
-    mean: np.ndarray, irises: np.ndarray, mirror: np.ndarray, faces: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def model_frame(mean: np.ndarray, irises: np.ndarray, mirror: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Put a Procrustes mean in the model frame (see :class:`MeanFace`) and scale it to cm.
 
     Args:
@@ -383,9 +380,7 @@ def model_frame(
     from mediapipe.python.solutions.face_mesh_connections import FACEMESH_FACE_OVAL
 
     contour = sorted({index for edge in FACEMESH_FACE_OVAL for index in edge})
-    origin = np.array(
-        [0.0, (vertices[FOREHEAD_TOP, 1] + vertices[CHIN, 1]) / 2.0, vertices[contour, 2].mean()]
-    )
+    origin = np.array([0.0, (vertices[FOREHEAD_TOP, 1] + vertices[CHIN, 1]) / 2.0, vertices[contour, 2].mean()])
     scale = INTER_PUPILLARY_DISTANCE_CM / np.linalg.norm(irises[0] - irises[1])
     return (vertices - origin) * scale, (irises - origin) * scale
 
@@ -395,7 +390,7 @@ def derive_mean_face(detector=None) -> MeanFace:
     detections = detect_reference_faces(reference_photos(), detector)
     # Keep only photos whose plain and mirrored versions were both detected.
     plain = [d for d in detections if not d.mirrored]
-    paired = [(a, b) for a, b in zip(detections, detections[1:]) if not a.mirrored and b.mirrored]
+    paired = [(a, b) for a, b in zip(detections, detections[1:], strict=False) if not a.mirrored and b.mirrored]
     if len(paired) < 2:
         raise RuntimeError("too few reference photos with a detected face to derive the mean face.")
     logger.info("mean face: %d of %d plain detections have a mirrored partner", len(paired), len(plain))
@@ -456,9 +451,7 @@ def load_mean_face() -> MeanFace:
     if path.is_file():
         try:
             with np.load(path) as data:
-                return MeanFace(
-                    vertices=data["vertices"], faces=data["faces"], mirror=data["mirror"], num_samples=int(data["num_samples"])
-                )
+                return MeanFace(vertices=data["vertices"], faces=data["faces"], mirror=data["mirror"], num_samples=int(data["num_samples"]))
         except (OSError, KeyError, ValueError) as error:  # a truncated or foreign file: derive again
             logger.warning("ignoring unreadable mean-face cache %s (%s)", path, error)
     logger.info("deriving the mean face from mediapipe detections (cached in %s)", path)

@@ -285,12 +285,7 @@ class MorphableFaceModel:
         batch = expression.shape[0]
         rotated = (mean - hinge) @ axis_angle_to_matrix(jaw.to(dtype)).transpose(1, 2) + hinge  # (B, V, 3)
         jaw_offsets = weights[None, :, None] * (rotated - mean)
-        return (
-            mean[None]
-            + identity.to(dtype).view(batch, self.num_vertices, 3)
-            + torch.einsum("be,evc->bvc", expression, basis)
-            + jaw_offsets
-        )
+        return mean[None] + identity.to(dtype).view(batch, self.num_vertices, 3) + torch.einsum("be,evc->bvc", expression, basis) + jaw_offsets
 
 
 @lru_cache(maxsize=1)

@@ -57,9 +57,7 @@ def umeyama(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None =
     return Similarity(scale=scale, rotation=rotation, translation=translation)
 
 
-def refine_similarity(
-    source: np.ndarray, target: np.ndarray, weights: np.ndarray, depth_weight: float, initial: Similarity
-) -> Similarity:
+def refine_similarity(source: np.ndarray, target: np.ndarray, weights: np.ndarray, depth_weight: float, initial: Similarity) -> Similarity:
     """Least-squares similarity like :func:`umeyama`, with the depth residuals down-weighted.
 
     mediapipe's depth is less reliable than its image positions: on turned heads its z comes out
@@ -83,7 +81,5 @@ def refine_similarity(
     def residuals(x: np.ndarray) -> np.ndarray:
         return ((unpack(x).apply(source) - target) * row_weights).ravel()
 
-    start = np.concatenate(
-        [Rotation.from_matrix(initial.rotation).as_rotvec(), [math.log(initial.scale)], initial.translation]
-    )
+    start = np.concatenate([Rotation.from_matrix(initial.rotation).as_rotvec(), [math.log(initial.scale)], initial.translation])
     return unpack(least_squares(residuals, start, method="lm").x)

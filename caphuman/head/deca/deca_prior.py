@@ -122,7 +122,9 @@ class DecaHeadPrior(HeadPrior):
         if texture.uv_faces.shape != tuple(faces.shape):
             raise CapHumanError(f"FLAME texture coordinates cover {texture.uv_faces.shape[0]} triangles but FLAME has {faces.shape[0]}.")
         if texture.uv_faces.size and int(texture.uv_faces.max()) >= texture.uvs.shape[0]:
-            raise CapHumanError(f"FLAME texture triangles index {int(texture.uv_faces.max()) + 1} texture coordinates, the file has {texture.uvs.shape[0]}.")
+            raise CapHumanError(
+                f"FLAME texture triangles index {int(texture.uv_faces.max()) + 1} texture coordinates, the file has {texture.uvs.shape[0]}."
+            )
         mean, basis = uv_albedo_space(texture)
         self.albedo_map_mean = mean.to(self.device)  # (3, 256, 256)
         self.albedo_map_basis = basis.to(self.device)  # (K, 3, 256, 256)
@@ -130,9 +132,7 @@ class DecaHeadPrior(HeadPrior):
         self.uv_faces = torch.from_numpy(texture.uv_faces).to(self.device)
         del texture  # drop the full-resolution basis (about 160 MB at 512 px) now
         # DECA's landmark_embedding.npy is optional: only the OpenPose map's face dots need it.
-        self.landmark_embedding = (
-            load_flame_landmarks(paths.landmark_embedding).to(self.device) if paths.landmark_embedding is not None else None
-        )
+        self.landmark_embedding = load_flame_landmarks(paths.landmark_embedding).to(self.device) if paths.landmark_embedding is not None else None
         logger.info("DECA head prior loaded from %s (FLAME: %d vertices).", paths.deca_model.parent, self.flame.num_vertices)
 
     def landmarks68(self, params: HeadParams) -> torch.Tensor:

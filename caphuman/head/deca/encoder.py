@@ -126,10 +126,10 @@ class DecaCode:
     light: torch.Tensor
 
     @classmethod
-    def from_vector(cls, vector: torch.Tensor) -> "DecaCode":
+    def from_vector(cls, vector: torch.Tensor) -> DecaCode:
         if vector.shape[-1] != DECA_CODE_SIZE:
             raise ValueError(f"DECA code vectors have {DECA_CODE_SIZE} entries, got {vector.shape[-1]}.")
-        parts = dict(zip((name for name, _ in DECA_CODE_LAYOUT), vector.split([size for _, size in DECA_CODE_LAYOUT], dim=-1)))
+        parts = dict(zip((name for name, _ in DECA_CODE_LAYOUT), vector.split([size for _, size in DECA_CODE_LAYOUT], dim=-1), strict=True))
         return cls(
             shape=parts["shape"],
             tex=parts["tex"],

@@ -61,7 +61,7 @@ class DecaAssetPaths:
     landmark_embedding: Path | None = None
 
     @classmethod
-    def locate(cls, weights_dir: str | os.PathLike) -> "DecaAssetPaths":
+    def locate(cls, weights_dir: str | os.PathLike) -> DecaAssetPaths:
         """Find the files at their manifest paths under ``weights_dir`` (``deca/``, preferred) or
         directly in ``weights_dir``.
 
@@ -144,7 +144,6 @@ def _as_numpy(value: Any) -> np.ndarray:
 # module paths (they moved from numpy.core to numpy._core in numpy 2).
 _NDARRAY_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
 _SCALAR_RECONSTRUCT = np.float64(0.0).__reduce__()[0]
-
 
 
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
@@ -307,8 +306,7 @@ def load_flame_texture(path: str | os.PathLike, num_components: int = 50, head_t
             directions = archive["tex_dir"]
             if directions.ndim != 4 or directions.shape[:3] != mean.shape or mean.ndim != 3 or mean.shape[2] != 3:
                 raise CapHumanError(
-                    f"FLAME texture file '{path}' has mean {mean.shape} and tex_dir {directions.shape}; "
-                    "expected (H, W, 3) and (H, W, 3, K)."
+                    f"FLAME texture file '{path}' has mean {mean.shape} and tex_dir {directions.shape}; expected (H, W, 3) and (H, W, 3, K)."
                 )
             if directions.shape[3] < num_components:
                 raise CapHumanError(f"FLAME texture file '{path}' has {directions.shape[3]} components, need {num_components}.")
@@ -322,7 +320,8 @@ def load_flame_texture(path: str | os.PathLike, num_components: int = 50, head_t
         uvs, uv_faces = read_obj_uvs(head_template)
     elif uvs is None or uv_faces is None:
         raise CapHumanError(
-            f"FLAME texture file '{path}' has no 'vt'/'ft' texture coordinates; put DECA's {Path(weights_entry('head_template').path).name} next to it."
+            f"FLAME texture file '{path}' has no 'vt'/'ft' texture coordinates; "
+            f"put DECA's {Path(weights_entry('head_template').path).name} next to it."
         )
     # BGR -> RGB and 0..255 -> 0..1, on the channel axis (2) of both arrays.
     return FlameTexture(

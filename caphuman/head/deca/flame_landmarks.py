@@ -42,7 +42,7 @@ class FlameLandmarks:
     contour_faces: torch.Tensor
     contour_weights: torch.Tensor
 
-    def to(self, device) -> "FlameLandmarks":
+    def to(self, device) -> FlameLandmarks:
         return FlameLandmarks(*(getattr(self, name).to(device) for name in self.__dataclass_fields__))
 
 
@@ -62,6 +62,7 @@ def load_flame_landmarks(path) -> FlameLandmarks:
     Raises:
         CapHumanError: unreadable file, a disallowed class, or missing/mis-shaped entries.
     """
+
     class Unpickler(RestrictedFlameUnpickler):
         def find_class(self, module: str, name: str):
             if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -99,7 +100,8 @@ def load_flame_landmarks(path) -> FlameLandmarks:
     rows = 2 * MAX_CONTOUR_DEGREES + 1
     static = NUM_FACE_LANDMARKS - NUM_CONTOUR_LANDMARKS
     if (
-        landmarks.static_faces.shape != (static,) or landmarks.static_weights.shape != (static, 3)
+        landmarks.static_faces.shape != (static,)
+        or landmarks.static_weights.shape != (static, 3)
         or landmarks.contour_faces.shape != (rows, NUM_CONTOUR_LANDMARKS)
         or landmarks.contour_weights.shape != (rows, NUM_CONTOUR_LANDMARKS, 3)
     ):
