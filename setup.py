@@ -56,9 +56,12 @@ extras_require = {
         "moderngl>=5.8",
         # export tiny torch models to ONNX to test the ArcFace-ONNX loader
         "onnx>=1.15",
-        # lint + format (pyproject.toml [tool.ruff]); pinned so everyone and .pre-commit-config.yaml
-        # (same rev) format identically.
+        # lint + format (pyproject.toml [tool.ruff]); pinned because ruff's formatter and rules
+        # change between releases and CI must judge with the version contributors format with.
         "ruff==0.17.6",
+        # runs the hooks of .pre-commit-config.yaml (local hooks: the ruff above, no downloads),
+        # on each commit after `pre-commit install`, and in .ci/run over every file
+        "pre-commit>=3.6",
         # drive the demo in headless Chromium; the browser is Debian's `chromium` package
         # (.ci/run installs it), never `playwright install`
         "playwright>=1.40",

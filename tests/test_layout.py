@@ -131,3 +131,20 @@ def test_the_graph_reader_sees_imports_inside_functions(tmp_path):
     assert imported_modules(f"{PACKAGE}.probe", path, modules) >= {f"{PACKAGE}.errors", f"{PACKAGE}.config"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def package_folders() -> list[Path]:
+    return sorted(path.parent for path in PACKAGE_ROOT.rglob("__init__.py"))
+
+
+def test_every_package_folder_has_a_test_folder_and_a_line_in_the_readme():
+    """README's layout table lists each package folder once, and tests/ mirrors the package."""
+    readme = (PACKAGE_ROOT.parent / "README.md").read_text(encoding="utf-8")
+    table_rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    tests_root = Path(__file__).resolve().parent
+    for folder in package_folders():
+        relative = folder.relative_to(PACKAGE_ROOT.parent).as_posix()
+        rows = [row for row in table_rows if row.startswith(f"| `{relative}/` |")]
+        assert len(rows) == 1, f"README's layout table needs exactly one line for {relative}/"
+        if folder != PACKAGE_ROOT and folder.parent == PACKAGE_ROOT:
+            assert (tests_root / folder.name).is_dir(), f"tests/{folder.name}/ should hold the tests of {relative}/"
