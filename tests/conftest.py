@@ -48,3 +48,25 @@ def tiny_pipeline():
     pipe = build_pipeline(load_config(TINY_CONFIG), weights_dir="checkpoints", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture()
+def stable_diffusion(tiny_pipeline):
+    """diffusers' own StableDiffusionPipeline on the tiny pipeline's UNet, VAE, text encoder and
+    schedule: the independent implementation the pipeline's tests compare with."""
+    from diffusers import StableDiffusionPipeline
+
+    from caphuman.schedulers import make_scheduler
+
+    pipe = StableDiffusionPipeline(
+        vae=tiny_pipeline.vae,
+        text_encoder=tiny_pipeline.text_encoder,
+        tokenizer=tiny_pipeline.tokenizer,
+        unet=tiny_pipeline.unet,
+        scheduler=make_scheduler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

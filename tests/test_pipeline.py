@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
 from caphuman.conditions.identity import IdentityInputs, ReferenceFace
 from caphuman.models.adapter import CapHumanAdapter
-from caphuman.schedulers import make_scheduler
 
 SIZE = 64
 PROMPT = "a photo of a person on the beach"
@@ -52,19 +50,9 @@ def run(pipe, seed: int = 0, steps: int = 2, **kwargs) -> np.ndarray:
 
 
 @pytest.fixture()
-def reference_sd(tiny_pipeline):
-    """diffusers' own StableDiffusionPipeline on the same UNet, VAE, text encoder and scheduler."""
-    pipe = StableDiffusionPipeline(
-        vae=tiny_pipeline.vae,
-        text_encoder=tiny_pipeline.text_encoder,
-        tokenizer=tiny_pipeline.tokenizer,
-        unet=tiny_pipeline.unet,
-        scheduler=make_scheduler("ddim"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+def reference_sd(stable_diffusion):
+    """diffusers' own StableDiffusionPipeline (tests/conftest.py), called as :func:`run` calls ours."""
+    pipe = stable_diffusion
 
     def generate(seed: int = 0, steps: int = 2, guidance_scale: float = 7.0, negative_prompt: str | None = None, num_images: int = 1):
         return pipe(

@@ -11,13 +11,11 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
 from caphuman.conditions.identity import ReferenceFace
 from caphuman.conditions.people import PersonCondition
 from caphuman.config import SamplingConfig
 from caphuman.pipeline import CapHumanPipeline
-from caphuman.schedulers import make_scheduler
 from tests.test_pipeline import PROMPT, SIZE, hint, identity_inputs, randomize_capface
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,23 +35,6 @@ def generate(pipe, seed: int = 0, steps: int = 2, **kwargs):
 def reference_faces(count: int = 2) -> list[ReferenceFace]:
     rng = np.random.default_rng(0)
     return [ReferenceFace(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-@pytest.fixture()
-def stable_diffusion(tiny_pipeline):
-    """diffusers' StableDiffusionPipeline on the same UNet, VAE, text encoder and schedule."""
-    pipe = StableDiffusionPipeline(
-        vae=tiny_pipeline.vae,
-        text_encoder=tiny_pipeline.text_encoder,
-        tokenizer=tiny_pipeline.tokenizer,
-        unet=tiny_pipeline.unet,
-        scheduler=make_scheduler("ddim"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # ------------------------------------------------------------------ component names
