@@ -18,12 +18,22 @@ from diffusers.models.modeling_utils import ModelMixin
 from caphuman.acceleration import apply_speed_options
 from caphuman.config import CapHumanConfig
 from caphuman.errors import CapHumanError, MissingWeightsError
+from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
+from caphuman.faces.bisenet import FaceParser
+from caphuman.faces.dlib_recognizer import DlibRecognizer
+from caphuman.faces.facenet import FaceNetRecognizer
 from caphuman.faces.recognizer import FaceRecognizer
+from caphuman.faces.tiny_recognizer import TinyFaceRecognizer
+from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
+from caphuman.head.deca.deca_prior import DecaHeadPrior
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.backbone import Backbone
+from caphuman.models.body_controlnet import load_body_controlnet
+from caphuman.models.tiny import tiny_backbone
 from caphuman.pipeline import CapHumanPipeline
 from caphuman.schedulers import make_scheduler
 from caphuman.weights.registry import default_location, weights_entry, weights_path
+from caphuman.weights.stable_diffusion import load_sd15_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +60,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_backbone(config: CapHumanConfig, weights_dir: str | Path) -> Backbone:
     if config.model.backbone == "tiny":
-        from caphuman.models.tiny import tiny_backbone
-
         return tiny_backbone(config.model.tiny)
-    from caphuman.weights.stable_diffusion import load_sd15_backbone
 
     return load_sd15_backbone(config.model, weights_dir)
 
@@ -61,18 +68,11 @@ def load_backbone(config: CapHumanConfig, weights_dir: str | Path) -> Backbone:
 def load_face_recognizer(config: CapHumanConfig, weights_dir: str | Path, device: torch.device) -> FaceRecognizer:
     name = config.model.face_recognizer
     if name == "tiny":
-        from caphuman.faces.tiny_recognizer import TinyFaceRecognizer
-
         return TinyFaceRecognizer(config.model.face_embedding_dim, seed=config.model.tiny.init_seed)
     if name == "dlib":
-        from caphuman.faces.dlib_recognizer import DlibRecognizer
-
         return DlibRecognizer()
     if name == "facenet":
-        from caphuman.faces.facenet import FaceNetRecognizer
-
         return FaceNetRecognizer.from_file(default_location("facenet", weights_dir), device=device)
-    from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
 
     return ArcFaceOnnxRecognizer.from_file(default_location("arcface", weights_dir), device=device)
 
@@ -83,7 +83,6 @@ def load_face_parser(weights_dir: str | Path, device: torch.device | str):
     path = default_location("face_parsing", weights_dir)
     if not path.is_file():
         return None
-    from caphuman.faces.bisenet import FaceParser
 
     return FaceParser.from_file(path, device=device)
 
@@ -91,10 +90,7 @@ def load_face_parser(weights_dir: str | Path, device: torch.device | str):
 def load_head_prior(name: str, weights_dir: str | Path, detector, device: torch.device | str):
     """The head prior ``name`` ("deca" or "builtin"), sharing ``detector`` (a FaceDetector)."""
     if name == "deca":
-        from caphuman.head.deca.deca_prior import DecaHeadPrior
-
         return DecaHeadPrior(weights_dir, device=device, detector=detector)
-    from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 
     return BuiltinHeadPrior(detector=detector)
 
@@ -120,7 +116,6 @@ def load_body_controlnet_for(config: CapHumanConfig, backbone: Backbone, weights
     the default run never reads the 1.4 GB file."""
     if config.model.body_controlnet is None or config.sampling.body_control_strength == 0:
         return None
-    from caphuman.models.body_controlnet import load_body_controlnet
 
     return load_body_controlnet(weights_path(weights_dir, config.model.body_controlnet), unet_config=backbone.unet.config)
 

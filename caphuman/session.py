@@ -29,18 +29,29 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from caphuman.build import build_pipeline, load_face_parser, load_face_recognizer, load_head_prior, resolve_device
 from caphuman.conditions.identity import ReferenceFace
+from caphuman.conditions.text import join_prompt
 from caphuman.config import CapHumanConfig, SamplingConfig
 from caphuman.errors import CapHumanError
+from caphuman.faces.alignment import arcface_crop, clip_face_crop, facenet_crop
+from caphuman.faces.bisenet import FaceParser
+from caphuman.faces.clip_input import CLIP_INPUT_SIZE, official_clip_input
+from caphuman.faces.detection import FaceDetector, select_face
+from caphuman.faces.images import load_image
+from caphuman.faces.mesh_mask import face_mask, face_region_mask_from_labels
+from caphuman.faces.mtcnn import MtcnnCropper
+from caphuman.head.hint import render_hint
 from caphuman.head.params import HeadParams
-
-if TYPE_CHECKING:  # the pipeline (diffusers, torch models) loads on first use, not on import
-    from caphuman.pipeline import StepEndCallback
+from caphuman.head.photo_fit import fit_photo
+from caphuman.head.renderer import MeshRenderer
+from caphuman.pipeline import StepEndCallback
+from caphuman.weights.registry import default_location
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +107,6 @@ class CapHumanSession:
         device: str | torch.device | None = "auto",
         progress_bar: bool = True,
     ):
-        from caphuman.build import resolve_device
-
         self.config = config
         self.weights_dir = str(weights_dir)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -117,8 +126,6 @@ class CapHumanSession:
     def detector(self):
         """mediapipe face detector + 478-point mesh (ships in its wheel)."""
         if self._detector is None:
-            from caphuman.faces.detection import FaceDetector
-
             self._detector = FaceDetector(max_faces=5)
         return self._detector
 
@@ -126,8 +133,6 @@ class CapHumanSession:
     def mtcnn(self):
         """facenet-pytorch's MTCNN (its weights ship in its wheel)."""
         if self._mtcnn is None:
-            from caphuman.faces.mtcnn import MtcnnCropper
-
             self._mtcnn = MtcnnCropper(device=self.device)
         return self._mtcnn
 
@@ -139,15 +144,10 @@ class CapHumanSession:
             MissingWeightsError: "bisenet" was asked for and its file is missing.
         """
         if not self._parser_loaded:
-            from caphuman.build import load_face_parser
-            from caphuman.weights.registry import default_location
-
             choice = self.config.identity.face_parser
             if choice == "mesh":
                 self._parser = None
             elif choice == "bisenet":
-                from caphuman.faces.bisenet import FaceParser
-
                 self._parser = FaceParser.from_file(default_location("face_parsing", self.weights_dir), device=self.device)
             else:
                 self._parser = load_face_parser(self.weights_dir, self.device)
@@ -166,8 +166,6 @@ class CapHumanSession:
     def recognizer(self):
         """The global identity model (FaceNet, ArcFace, dlib or the tiny stand-in)."""
         if self._recognizer is None:
-            from caphuman.build import load_face_recognizer
-
             self._recognizer = load_face_recognizer(self.config, self.weights_dir, self.device)
         return self._recognizer
 
@@ -175,8 +173,6 @@ class CapHumanSession:
     def head_prior(self):
         """DECA/FLAME or the built-in prior (``model.head_prior``), sharing the detector."""
         if self._head_prior is None:
-            from caphuman.build import load_head_prior
-
             self._head_prior = load_head_prior(self.config.model.head_prior, self.weights_dir, self.detector, self.device)
         return self._head_prior
 
@@ -184,8 +180,6 @@ class CapHumanSession:
     def pipeline(self):
         """The CapHuman pipeline (backbone, adapter, scheduler), sharing this session's recogniser."""
         if self._pipeline is None:
-            from caphuman.build import build_pipeline
-
             self._pipeline = build_pipeline(self.config, self.weights_dir, str(self.device), face_recognizer=self.recognizer)
             self._pipeline.set_progress_bar_config(disable=not self.progress_bar)
         return self._pipeline
@@ -206,7 +200,6 @@ class CapHumanSession:
             if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
                 raise CapHumanError(f"A photo array must be (H, W, 3) uint8 RGB, got {photo.shape} {photo.dtype}.")
             return np.ascontiguousarray(photo)
-        from caphuman.faces.images import load_image
 
         return load_image(photo)
 
@@ -216,8 +209,6 @@ class CapHumanSession:
 
     def detect(self, image: np.ndarray, face_index: int = 0, source: str = "the photo"):
         """The ``face_index``-th largest face (InputImageError when there is none)."""
-        from caphuman.faces.detection import select_face
-
         return select_face(self.detector.detect(image), face_index, source)
 
     # ------------------------------------------------------------------ identity
@@ -225,8 +216,6 @@ class CapHumanSession:
     def recognizer_crop(self, image: np.ndarray, face, face_index: int = 0) -> tuple[np.ndarray, str]:
         """(crop, how it was made) for the configured recogniser; loads no recogniser weights
         except dlib's (which ship in a package)."""
-        from caphuman.faces.alignment import arcface_crop, facenet_crop
-
         kind = RECOGNIZER_CROPS[self.config.model.face_recognizer]
         if kind == "arcface112":
             return arcface_crop(image, face).image, kind
@@ -250,8 +239,6 @@ class CapHumanSession:
         ``native_size`` parses the photo at its own size (the official script); False resizes it
         to BiSeNet's training size 512 first.
         """
-        from caphuman.faces.mesh_mask import face_mask, face_region_mask_from_labels
-
         parser = self.face_parser
         if parser is None:
             return face_mask(image.shape, face)
@@ -259,9 +246,6 @@ class CapHumanSession:
 
     def clip_input(self, image: np.ndarray, face, region: np.ndarray) -> np.ndarray:
         """The 224 x 224 CLIP input per ``identity.clip_crop`` (non-face white)."""
-        from caphuman.faces.alignment import clip_face_crop
-        from caphuman.faces.clip_input import CLIP_INPUT_SIZE, official_clip_input
-
         if self.config.identity.clip_crop == "official":
             return official_clip_input(image, region, CLIP_INPUT_SIZE)
         return clip_face_crop(image, face, region, size=CLIP_INPUT_SIZE).image
@@ -298,8 +282,6 @@ class CapHumanSession:
 
     def head_input(self, photo: Photo) -> np.ndarray:
         """The square image the head prior reconstructs from (``head.photo_fit``)."""
-        from caphuman.head.photo_fit import fit_photo
-
         return fit_photo(self.load_photo(photo), self.config.head.photo_fit)
 
     def head(self, photo: Photo, face_index: int = 0) -> HeadParams:
@@ -310,9 +292,6 @@ class CapHumanSession:
     def hint(self, params: HeadParams, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """(B, 9, height, width) hint: rendered square at the longer side, then centre-cropped
         (the head prior's frame is square). Defaults: ``sampling.height`` / ``sampling.width``."""
-        from caphuman.head.hint import render_hint
-        from caphuman.head.renderer import MeshRenderer
-
         height = self.config.sampling.height if height is None else int(height)
         width = self.config.sampling.width if width is None else int(width)
         side = max(height, width)
@@ -368,8 +347,6 @@ class CapHumanSession:
         Returns:
             CapHumanPipelineOutput (``.images``: PIL images).
         """
-        from caphuman.conditions.text import join_prompt
-
         sampling = self.sampling_settings(**overrides)
         pipe = self.pipeline
         if generator is None:
