@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from caphuman.data.dropout import ConditionDropout
+from caphuman.data.preprocess import read_dataset_settings
 from caphuman.data.records import CLIP_SUFFIX, EMBEDDING_SUFFIX, HINT_SUFFIX, IMAGE_SUFFIX, MASK_SUFFIX, META_SUFFIX, decode_members
 from caphuman.data.shards import IndexEntry, ShardReader, read_index
 from caphuman.errors import CapHumanError, ConfigError
@@ -278,8 +279,6 @@ class CapHumanDataset(IterableDataset):
         }
 
     def _stored_size(self) -> int:
-        from caphuman.data.preprocess import read_dataset_settings
-
         settings = read_dataset_settings(self.root) or {}
         if "image_size" in settings:
             return int(settings["image_size"])

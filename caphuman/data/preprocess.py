@@ -43,12 +43,17 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from caphuman.config import HEAD_PRIORS, CapHumanConfig, load_config
+from caphuman.config import HEAD_PRIORS, CapHumanConfig, load_config, load_yaml_mapping
 from caphuman.data.records import CLIP_CROP_SIZE, FaceRecord, head_params_to_arrays, record_key
-from caphuman.data.shards import INDEX_FILE, REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, read_index
+from caphuman.data.shards import INDEX_FILE, REPORT_FILE, SETTINGS_FILE, IndexEntry, ShardWriter, claim_dataset, read_index
 from caphuman.errors import CapHumanError, ConfigError, InputImageError
+from caphuman.faces.alignment import aligned_square_crop
+from caphuman.faces.detection import DetectedFace
+from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
 from caphuman.outputs import write_bytes_atomically
 from caphuman.parallel import WHOLE, Part
+from caphuman.session import CapHumanSession
+from caphuman.weights.registry import default_location, missing_weights
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +237,6 @@ def map_face(face, transform: np.ndarray, size: int):
     x, y go through the transform; the mesh depth z is in pixel units, so it scales with the
     transform's scale.
     """
-    from caphuman.faces.detection import DetectedFace
-
     transform = np.asarray(transform, dtype=np.float64)
     points = face.landmarks.astype(np.float64)
     xy = points[:, :2] @ transform[:, :2].T + transform[:, 2]
@@ -256,8 +259,6 @@ class PhotoProcessor:
     """
 
     def __init__(self, config: CapHumanConfig, weights_dir: str | os.PathLike, image_size: int, device: str = "cpu"):
-        from caphuman.session import CapHumanSession
-
         self.image_size = image_size
         self.session = CapHumanSession(config, weights_dir, device)
         self.session.load_condition_models()  # a missing weights file stops the run here, not per photo
@@ -269,9 +270,6 @@ class PhotoProcessor:
         Raises:
             PhotoSkip: the photo cannot be used (its ``kind`` says why).
         """
-        from caphuman.faces.alignment import aligned_square_crop
-        from caphuman.head.builtin.builtin_prior import BuiltinHeadPrior
-
         session = self.session
         try:
             photo = session.load_photo(path)
@@ -395,7 +393,6 @@ def read_dataset_settings(root: str | os.PathLike) -> dict | None:
     path = Path(root) / SETTINGS_FILE
     if not path.is_file():
         return None
-    from caphuman.config import load_yaml_mapping
 
     return OmegaConf.to_container(load_yaml_mapping(path, "dataset settings file"), resolve=True)
 
@@ -486,8 +483,6 @@ def claim_dataset_folder(out: str | os.PathLike, part: Part = WHOLE) -> contextl
     shards and no foreign file is removed. A whole run holds the dataset's lock alone; the parts
     of a split run (torchrun ranks, --part jobs) share it and each holds its own part folder's
     lock alone, so a whole run or a merge cannot start while parts write, nor two runs of a part."""
-    from caphuman.data.shards import claim_dataset
-
     stack = contextlib.ExitStack()
     stack.enter_context(claim_dataset(out, shared=not part.whole))
     if not part.whole:
@@ -549,8 +544,6 @@ def _preprocess_locked(
     )
 
     # Checked before any model loads, so a mismatched rerun fails in a second.
-    from caphuman.weights.registry import default_location, missing_weights
-
     parser_path = default_location("face_parsing", settings.weights)
     parser_choice = config.identity.face_parser
     if parser_choice == "auto":
@@ -645,8 +638,6 @@ def merge_parts(out: str | os.PathLike) -> int:
         CapHumanError: no parts, or parts made with differing settings, or parts still writing
             (the merge holds the dataset's lock alone).
     """
-    from caphuman.data.shards import claim_dataset
-
     with claim_dataset(out):
         return _merge_parts_locked(Path(out))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from caphuman.data.records import RECORD_SUFFIXES, FaceRecord
 from caphuman.errors import CapHumanError
-from caphuman.outputs import write_bytes_atomically
+from caphuman.outputs import claim_folder, names_match, write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,6 @@ def shard_path(root: str | os.PathLike, number: int) -> Path:
 def _is_dataset_layout(folder: Path, entries: list[str]) -> bool:
     """A dataset written before owner markers existed: only our file names, and our settings or
     index file present (a folder of someone else's tar files does not qualify)."""
-    from caphuman.outputs import names_match
-
     if not (INDEX_FILE in entries or SETTINGS_FILE in entries):
         return False
     if not names_match(entries, [re.escape(name) for name in (INDEX_FILE, SHARDS_DIR, REPORT_FILE, SETTINGS_FILE, "parts")]):
@@ -106,8 +104,6 @@ def claim_dataset(root: str | os.PathLike, shared: bool = False):
     :class:`~caphuman.outputs.OwnedFolder`, a context manager that holds the write lock.
     An existing dataset is continued (reruns resume); any other non-empty folder is refused.
     ``shared``: the parts of one split run hold the lock together (see caphuman.data.preprocess)."""
-    from caphuman.outputs import claim_folder
-
     return claim_folder(root, "preprocess", existing="", new_folder_hint="choose a new --out folder", adopt=_is_dataset_layout, shared=shared)
 
 
