@@ -29,9 +29,17 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from caphuman.body.condition import pose_map_for
+from caphuman.body.openpose_map import parse_body_modes
+from caphuman.conditions.people import PersonCondition, arrange_in_row
 from caphuman.config import DEFAULT_BODY_MODES, CapHumanConfig, load_config, save_config
 from caphuman.errors import CapHumanError, InputImageError
+from caphuman.head.hint import hint_preview
+from caphuman.head.landmarks import face_points
 from caphuman.head.params import HeadParams, parse_modes, set_pose, transfer
+from caphuman.session import CapHumanSession
+from caphuman.sweep import render_sweep, write_sweep, yaw_angles
+from caphuman.weights.registry import weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +156,6 @@ class DemoBackend:
     """See the module docstring. ``device``: where the pipeline runs ("auto": CUDA if present)."""
 
     def __init__(self, config_path: str, weights_dir: str | Path = "checkpoints", device: str = "auto", output_dir: str | Path | None = None):
-        from caphuman.session import CapHumanSession
-
-        self._session_class = CapHumanSession
         self.config_path = config_path
         self.weights_dir = Path(weights_dir)
         self.device = device
@@ -170,8 +175,6 @@ class DemoBackend:
 
     def body_control_available(self) -> bool:
         """Whether the config names an OpenPose ControlNet and its file is there."""
-        from caphuman.weights.registry import weights_path
-
         name = self.base_config.model.body_controlnet
         return name is not None and weights_path(self.weights_dir, name).exists()
 
@@ -196,7 +199,7 @@ class DemoBackend:
                     self._sessions.pop(other).close()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                self._sessions[style] = self._session_class(self.config_for(style), self.weights_dir, self.device)
+                self._sessions[style] = CapHumanSession(self.config_for(style), self.weights_dir, self.device)
             return self._sessions[style]
 
     @property
@@ -249,8 +252,6 @@ class DemoBackend:
         return set_pose(params, controls.yaw, controls.pitch, controls.roll)
 
     def people_heads(self, people: list[PersonInput], controls: HeadControls) -> list[HeadParams]:
-        from caphuman.conditions.people import arrange_in_row
-
         heads = [self.person_head(person, controls) for person in people]
         placed_by_photo = all(person.pose and "position" in (person.modes or []) for person in people)
         if len(heads) > 1 and not placed_by_photo:
@@ -263,8 +264,6 @@ class DemoBackend:
 
     def preview(self, people: list[PersonInput], controls: HeadControls, resolution: int = PREVIEW_SIDE) -> Image.Image:
         """The hint preview (normals | albedo | shaded) for the current photos and sliders."""
-        from caphuman.head.hint import hint_preview
-
         people = [person for person in people if person.reference]
         if not people:
             raise CapHumanError("Upload a reference photo first.")
@@ -312,7 +311,7 @@ class DemoBackend:
         for person in people:  # read every photo before any model work, so a bad file fails fast
             for photo in [person.reference, *person.more_references, person.pose]:
                 if photo:
-                    self._session_class.load_photo(photo)
+                    CapHumanSession.load_photo(photo)
         heads = self.people_heads(people, controls)
         hints = self.hints(heads, settings.resolution)
         references = [
@@ -330,9 +329,6 @@ class DemoBackend:
                 "The second ControlNet needs the OpenPose ControlNet: set model.body_controlnet in the config and put the "
                 "file under the weights folder (`caphuman download body_controlnet`)."
             )
-        from caphuman.body.condition import pose_map_for
-        from caphuman.body.openpose_map import parse_body_modes
-        from caphuman.head.landmarks import face_points
 
         layers = parse_body_modes(list(settings.body_modes or []) or list(DEFAULT_BODY_MODES))
         maps = []
@@ -372,8 +368,6 @@ class DemoBackend:
 
     def _run(self, session, prompt: str, references: list, hints: list[torch.Tensor], settings: GenerationSettings, **overrides):
         """One generation with the GPU lock held; several people go through ``people=``."""
-        from caphuman.conditions.people import PersonCondition
-
         kwargs = {**self._sampling_overrides(settings), **overrides}
         with self.gpu_lock:
             try:
@@ -419,8 +413,6 @@ class DemoBackend:
     def generate(self, people: list[PersonInput], controls: HeadControls, settings: GenerationSettings, progress: Progress | None = None) -> Result:
         """Images for the page: PNGs (each carrying its settings as a 'caphuman_config' text
         chunk) and one config.yaml, in a fresh folder under ``output_dir``."""
-        from caphuman.head.hint import hint_preview
-
         settings = self.check_settings(settings)
         session = self.session(settings.style)
         if progress:
@@ -468,8 +460,6 @@ class DemoBackend:
         progress: Progress | None = None,
     ) -> SweepResult:
         """'Turn the head': the same as `caphuman sweep` for the page's person and settings."""
-        from caphuman.sweep import render_sweep, write_sweep, yaw_angles
-
         yaws = yaw_angles(float(yaw_from), float(yaw_to), int(frames))
         settings = self.check_settings(dataclasses.replace(settings, num_images=1))
         session = self.session(settings.style)
