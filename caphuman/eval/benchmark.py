@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from caphuman.checks import check_range, check_seed
-from caphuman.config import load_structured
+from caphuman.config import load_structured, load_yaml_mapping
 from caphuman.errors import ConfigError, InputImageError
 from caphuman.head.params import HeadParams, parse_modes, set_pose, transfer
 
@@ -209,8 +209,6 @@ def find_identities(folder: str | Path, default_subject: str = "person", limit: 
     subjects_path = folder / SUBJECTS_FILE
     if subjects_path.is_file():
         from omegaconf import OmegaConf
-
-        from caphuman.config import load_yaml_mapping
 
         subjects = OmegaConf.to_container(load_yaml_mapping(subjects_path, "subjects file"))
         if not isinstance(subjects, dict) or not all(isinstance(v, str) for v in subjects.values()):

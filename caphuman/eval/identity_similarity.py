@@ -23,7 +23,10 @@ import torch
 
 from caphuman.config import IDENTITY_MODELS
 from caphuman.errors import CapHumanError
+from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
 from caphuman.faces.detection import DetectedFace
+from caphuman.faces.dlib_recognizer import DlibRecognizer
+from caphuman.faces.facenet import FaceNetRecognizer
 from caphuman.faces.recognizer import FaceRecognizer
 from caphuman.faces.reference import recognizer_crop
 from caphuman.weights.registry import default_location, weights_entry, weights_path
@@ -64,14 +67,9 @@ def resolve_identity_model(choice: str, weights_dir: str | Path, device: torch.d
     arcface_candidates = [weights_path(weights_dir, relative) for relative in (arcface.path, *arcface.alternative_paths)]
     arcface_path = next((path for path in arcface_candidates if path.is_file()), arcface_candidates[0])
     if choice == "facenet" or (choice == "auto" and facenet_path.is_file()):
-        from caphuman.faces.facenet import FaceNetRecognizer
-
         return IdentityModel(FaceNetRecognizer.from_file(facenet_path, device=device), "FaceNet (VGGFace2) cosine, as in the paper")
     if choice == "arcface" or (choice == "auto" and arcface_path.is_file()):
-        from caphuman.faces.arcface_onnx import ArcFaceOnnxRecognizer
-
         return IdentityModel(ArcFaceOnnxRecognizer.from_file(arcface_path, device=device), f"ArcFace ({arcface_path.name}) cosine")
-    from caphuman.faces.dlib_recognizer import DlibRecognizer
 
     if choice == "auto":
         facenet_file = weights_entry("facenet").path

@@ -39,6 +39,7 @@ from caphuman.config import CapHumanConfig
 from caphuman.errors import CapHumanError
 from caphuman.eval.benchmark import HeadCondition, Identity, PromptSpec
 from caphuman.head.params import HeadParams
+from caphuman.session import CapHumanSession
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,6 @@ class MethodContext:
     """
 
     def __init__(self, config: CapHumanConfig, weights_dir: str | Path, device: torch.device):
-        from caphuman.session import CapHumanSession
-
         self.config = config
         self.weights_dir = str(weights_dir)
         self.device = device

@@ -21,7 +21,10 @@ from caphuman.conditions.identity import IdentityInputs
 from caphuman.config import SamplingConfig
 from caphuman.models.adapter import CapHumanAdapter
 from caphuman.outputs import save_image_atomically
+from caphuman.pipeline import CapHumanPipeline
+from caphuman.schedulers import make_scheduler
 from caphuman.training.config import TrainConfig
+from caphuman.training.export import export_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +125,6 @@ class ValidationSamplesCallback(pl.Callback):
         self.written: list[Path] = []
 
     def build_pipeline(self, pl_module: pl.LightningModule):
-        from caphuman.pipeline import CapHumanPipeline
-        from caphuman.schedulers import make_scheduler
-
         pipe = CapHumanPipeline(
             vae=pl_module.vae,
             text_encoder=pl_module.text_encoder,
@@ -203,8 +203,6 @@ class ExportCallback(pl.Callback):
         self._exported_step = -1
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from caphuman.training.export import export_adapter
-
         # The last step is often also a periodic one: its weights are on disk already.
         if not trainer.is_global_zero or trainer.global_step == self._exported_step:
             return

@@ -25,6 +25,7 @@ from caphuman.models.adapter import CapHumanAdapter
 from caphuman.models.capface import CapFaceModel
 from caphuman.models.identity_encoder import IdentityEncoder
 from caphuman.training.config import TrainConfig
+from caphuman.training.module import ADAPTER_PREFIX, CHECKPOINT_ADAPTER_CONFIG_KEY
 from caphuman.weights.files import UnreadableTorchFileError, read_torch_file
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ def adapter_from_checkpoint(checkpoint_path: str | os.PathLike, use_ema: bool | 
     Returns:
         (adapter, facts) where facts has ``global_step`` and ``ema``.
     """
-    from caphuman.training.module import ADAPTER_PREFIX, CHECKPOINT_ADAPTER_CONFIG_KEY
-
     path = Path(checkpoint_path)
     if not path.is_file():
         raise CapHumanError(f"Checkpoint '{path}' does not exist.")

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader, IterableDataset
 
+from caphuman.build import enable_xformers
 from caphuman.conditions.identity import IdentityInputs, identity_tokens
 from caphuman.conditions.text import encode_prompts
 from caphuman.config import config_to_dict
@@ -252,8 +253,6 @@ class CapHumanTrainingModule(pl.LightningModule):
 
     def _configure_attention(self) -> None:
         if self.config.training.attention == "xformers":
-            from caphuman.build import enable_xformers
-
             enable_xformers([self.unet, self.adapter.capface], self.device)
 
     def _cast_frozen_modules(self) -> None:
