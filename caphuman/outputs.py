@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from caphuman import __version__
 from caphuman.errors import CapHumanError
 
 MARKER_FILE = ".caphuman-owner.json"
@@ -148,8 +149,6 @@ class OwnedFolder:
     _lock: Any = None
 
     def write_marker(self, **facts: Any) -> None:
-        from caphuman import __version__
-
         marker = {"kind": self.kind, "caphuman_version": __version__, **facts}
         if self.files:
             marker["files"] = sorted(set(self.files))

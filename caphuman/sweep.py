@@ -63,7 +63,7 @@ def render_sweep(
 ) -> list[SweepFrame]:
     """Generate one image per yaw with ``session`` (a CapHumanSession); the seed in
     ``generate_kwargs`` (or the config's) is re-applied for every frame, so the noise is shared."""
-    from caphuman.head.params import set_pose
+    from caphuman.head.params import set_pose  # deferred: torch; `caphuman --help` reads MAX_FRAMES and MAX_ABS_YAW here
 
     frames = []
     generate_kwargs = {**generate_kwargs, "num_images": 1}
@@ -78,7 +78,7 @@ def render_sweep(
 
 def contact_sheet(frames: list[SweepFrame]) -> Image.Image:
     """Frames left to right: each generated image above the shaded render of its hint."""
-    from caphuman.conditions.hint_layout import SHADED_CHANNELS
+    from caphuman.conditions.hint_layout import SHADED_CHANNELS  # deferred: torch; `caphuman --help` reads MAX_FRAMES and MAX_ABS_YAW here
 
     width, height = frames[0].image.size
     sheet = Image.new("RGB", (width * len(frames), height * 2), "black")
@@ -146,7 +146,7 @@ def sweep_file_names(frame_count: int) -> list[str]:
 
 def write_sweep(frames: list[SweepFrame], out: Path, fps: float = 6.0) -> dict[str, Path]:
     """frame_NNN.png, hint_NNN.png (hint previews), sheet.png, sweep.gif and sweep.mp4 (if possible)."""
-    from caphuman.head.hint import hint_preview
+    from caphuman.head.hint import hint_preview  # deferred: torch; `caphuman --help` reads MAX_FRAMES and MAX_ABS_YAW here
 
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

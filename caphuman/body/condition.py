@@ -22,6 +22,9 @@ from caphuman.body.keypoints import BodyKeypoints, body_keypoints
 from caphuman.body.openpose_map import draw_openpose_map, parse_body_modes
 from caphuman.config import DEFAULT_BODY_MODES
 from caphuman.errors import CapHumanError
+from caphuman.faces.images import load_image
+from caphuman.head.landmarks import face_points
+from caphuman.models.body_controlnet import missing_body_controlnet
 from caphuman.weights.registry import weights_entry, weights_path
 
 logger = logging.getLogger(__name__)
@@ -75,8 +78,6 @@ def pose_map_for(
 def load_body_map(path: str | Path, height: int, width: int) -> np.ndarray:
     """A ready-made OpenPose image, resized to the image size (Lanczos up, area down, as the
     official resize does)."""
-    from caphuman.faces.images import load_image
-
     image = load_image(path)
     if image.shape[:2] == (height, width):
         return image
@@ -99,8 +100,6 @@ def check_body_inputs(args: argparse.Namespace, config) -> np.ndarray | None:
             f"(`caphuman download body_controlnet` fetches {weights_entry('body_controlnet').path})."
         )
     if strength > 0:
-        from caphuman.models.body_controlnet import missing_body_controlnet
-
         path = weights_path(getattr(args, "weights", "checkpoints"), config.model.body_controlnet)
         if not path.exists():
             raise missing_body_controlnet(path)
@@ -118,7 +117,6 @@ def body_map_for_run(config, ready_made: np.ndarray | None, pose_photo: np.ndarr
         return None
     if ready_made is not None:
         return ready_made
-    from caphuman.head.landmarks import face_points
 
     layers = parse_body_modes(config.sampling.body_modes)
     points = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caphuman.errors import InputImageError
+from caphuman.quiet import native_stderr_silenced, open_mediapipe_solution
 
 NUM_BODY_POINTS = 18
 NUM_HAND_POINTS = 21
@@ -118,8 +119,6 @@ class BodyKeypointDetector:
 
     def __init__(self, hands: bool = True, min_visibility: float = DEFAULT_MIN_VISIBILITY):
         import mediapipe as mp
-
-        from caphuman.quiet import native_stderr_silenced, open_mediapipe_solution
 
         # mediapipe's C++ logs go straight to stderr: silenced in CLI runs (caphuman.quiet).
         self._quiet = native_stderr_silenced

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from caphuman.errors import InputImageError
+from caphuman.quiet import native_stderr_silenced, open_mediapipe_solution
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ class FaceDetector:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         # Imported here so that importing caphuman.faces (for types) does not load TFLite.
         import mediapipe as mp
-
-        from caphuman.quiet import native_stderr_silenced, open_mediapipe_solution
 
         # mediapipe's C++ logs (TFLite delegate, absl) go straight to stderr: silenced in CLI runs.
         self._quiet = native_stderr_silenced
@@ -266,8 +265,6 @@ class FaceDetector:
     @staticmethod
     def _mesh_points(mesh, image: np.ndarray) -> list[np.ndarray]:
         """Run a mediapipe FaceMesh graph; (478, 3) float32 pixel-scale points per face."""
-        from caphuman.quiet import native_stderr_silenced
-
         height, width = image.shape[:2]
         with native_stderr_silenced():
             result = mesh.process(image)

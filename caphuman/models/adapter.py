@@ -25,7 +25,7 @@ from torch import nn
 from caphuman.errors import CapHumanError, MissingWeightsError
 from caphuman.models.capface import CapFaceModel
 from caphuman.models.identity_encoder import IdentityEncoder
-from caphuman.outputs import file_mode, folder_mode
+from caphuman.outputs import BOOKKEEPING, OutputFolderError, file_mode, folder_mode
 from caphuman.weights.registry import weights_entry
 
 ADAPTER_FORMAT_VERSION = 1
@@ -38,8 +38,6 @@ ADAPTER_ENTRIES = frozenset({METADATA_FILE, "capface", "identity_encoder", "samp
 def check_replaceable(directory: str | os.PathLike) -> None:
     """Raise CapHumanError unless ``directory`` is absent, empty, or an adapter directory
     holding only adapter files (which :meth:`CapHumanAdapter.save_pretrained` replaces whole)."""
-    from caphuman.outputs import BOOKKEEPING, OutputFolderError
-
     directory = Path(directory)
     if not directory.exists():
         return
