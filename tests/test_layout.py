@@ -1,5 +1,6 @@
-"""The package's import graph: no cycles (imports inside functions count too), and the library
-never imports the command-line layer.
+"""The package's import graph: no cycles (imports inside functions count too), the library
+never imports the command-line layer, and a library module's own imports of the package sit at
+its top (inside a function only where marked ``# deferred: <why>``).
 
 Read from the source with ``ast`` (nothing is imported), so the test knows no module names: it
 holds for whatever modules the package has. Imports under ``if TYPE_CHECKING:`` are left out
@@ -16,6 +17,10 @@ PACKAGE = PACKAGE_ROOT.name
 COMMANDS = f"{PACKAGE}.commands"
 # The command-line layer: these may import commands; nothing else may.
 COMMAND_LAYER = (COMMANDS, f"{PACKAGE}.cli")
+
+
+def in_command_layer(name: str) -> bool:
+    return any(name == layer or name.startswith(layer + ".") for layer in COMMAND_LAYER)
 
 
 def module_name(path: Path) -> str:
@@ -115,7 +120,7 @@ def test_only_the_command_line_layer_imports_commands():
     offenders = sorted(
         f"{name} imports {target}"
         for name, targets in import_graph().items()
-        if not (name == COMMAND_LAYER[1] or name == COMMANDS or name.startswith(COMMANDS + "."))
+        if not in_command_layer(name)
         for target in targets
         if target == COMMANDS or target.startswith(COMMANDS + ".")
     )
@@ -131,6 +136,67 @@ def test_the_graph_reader_sees_imports_inside_functions(tmp_path):
     assert imported_modules(f"{PACKAGE}.probe", path, modules) >= {f"{PACKAGE}.errors", f"{PACKAGE}.config"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# Marks an import of the package inside a function that defers a heavy or optional dependency.
+DEFERRED_MARK = "# deferred:"
+
+
+def _imports_package(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return bool(node.level) or (node.module or "").split(".")[0] == PACKAGE
+    return any(alias.name.split(".")[0] == PACKAGE for alias in node.names)
+
+
+def unmarked_imports_inside_functions(path: Path) -> list[int]:
+    """Line numbers of the package's imports inside functions (at any depth) that carry no
+    ``# deferred:`` comment on their line or on the line just above."""
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+
+    def marked(node: ast.stmt) -> bool:
+        return any(DEFERRED_MARK in lines[number - 1] for number in (node.lineno, node.lineno - 1) if number >= 1)
+
+    def visit(node: ast.AST, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)) and _imports_package(child) and not marked(child):
+                yield child.lineno
+            yield from visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    return sorted(visit(ast.parse(source, str(path)), False))
+
+
+def test_library_modules_import_the_package_at_their_top():
+    """A reader sees a library module's dependencies at its top. Inside a function only an import
+    that keeps a heavy or optional third-party dependency off a light path (`caphuman --help`, a
+    backend the config did not choose) may stay, marked ``# deferred: <why>``. The command-line
+    layer defers its imports so building the parser stays light, and is left out here."""
+    offenders = [
+        f"{path.relative_to(PACKAGE_ROOT.parent).as_posix()}:{line}"
+        for name, path in all_modules().items()
+        if not in_command_layer(name)
+        for line in unmarked_imports_inside_functions(path)
+    ]
+    assert not offenders, f"move these imports to the module's top (or mark them '{DEFERRED_MARK} <why>'): " + ", ".join(offenders)
+
+
+def test_the_deferred_import_reader_sees_unmarked_imports_at_any_depth(tmp_path):
+    source = (
+        "from caphuman.errors import CapHumanError\n"
+        "def f():\n"
+        "    from caphuman.config import load_config\n"
+        "    import numpy\n"
+        "    from caphuman.sweep import MAX_FRAMES  # deferred: a reason\n"
+        "    # deferred: a reason\n"
+        "    from caphuman.outputs import claim_folder\n"
+        "class C:\n"
+        "    def g(self):\n"
+        "        def h():\n"
+        "            from . import session\n"
+    )
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    assert unmarked_imports_inside_functions(path) == [3, 11]
 
 
 def package_folders() -> list[Path]:
