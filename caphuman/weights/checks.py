@@ -112,14 +112,14 @@ def check_vae(path: Path) -> str:
             raise CapHumanError(f"'{path}' is a folder without config.json.")
         return "diffusers folder"
     shapes = tensor_shapes(path)
-    if "encoder.conv_in.weight" in shapes or "first_stage_model.encoder.conv_in.weight" in shapes:
+    if "encoder.conv_in.weight" in shapes or LDM_VAE_PREFIX + "encoder.conv_in.weight" in shapes:
         return f"{len(shapes)} tensors"
     raise CapHumanError(f"'{path}' does not look like a VAE: no encoder.conv_in.weight.")
 
 
 def check_clip_folder(path: Path) -> str:
     if not path.is_dir():
-        raise CapHumanError(f"'{path}' should be a folder (the files of openai/clip-vit-large-patch14).")
+        raise CapHumanError(f"'{path}' should be a folder (the files of {weights_entry('clip_vision').hf_repo}).")
     if not (path / "config.json").is_file():
         raise CapHumanError(f"'{path}' has no config.json.")
     weights = _weights_in_folder(path, ("model.safetensors", "pytorch_model.bin"))

@@ -99,8 +99,7 @@ def entry_path(entry: WeightEntry, weights_dir: str | os.PathLike, config: Any |
         relative = config_value(config, entry.config_key)
         if relative is None:
             return None
-    path = Path(relative)
-    return path if path.is_absolute() else Path(weights_dir) / path
+    return weights_path(weights_dir, relative)
 
 
 def weights_path(weights_dir: str | os.PathLike, relative: str | os.PathLike) -> Path:

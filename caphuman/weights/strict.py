@@ -97,8 +97,8 @@ def load_checked(
     Raises:
         CapHumanError: see :func:`check_state_dict`.
     """
-    expected = module.state_dict()
-    check_state_dict(expected_shapes(module), state, path, what, may_lack, ignore_unexpected, name_in_file)
+    expected = expected_shapes(module)
+    check_state_dict(expected, state, path, what, may_lack, ignore_unexpected, name_in_file)
     used = {key: value for key, value in state.items() if key in expected}
     if len(used) < len(state):
         logger.debug(
